@@ -1,0 +1,102 @@
+"""miragic-nb: the Miragic image-generation API in Jupyter.
+
+``%load_ext miragic_nb`` gives the ``%%miragic`` magic; ``miragic_nb.Client`` and
+``miragic_nb.generate`` are the plain Python API. Importing this package is cheap: requests,
+Pillow and ipywidgets load only when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    DownloadError,
+    InvalidRequestError,
+    JobFailedError,
+    JobTimeoutError,
+    MiragicError,
+    MissingAPIKeyError,
+    RateLimitError,
+)
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .client import Client
+    from .images import GeneratedImage
+    from .jobs import Job
+    from .request import GenerationRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AuthenticationError",
+    "Client",
+    "DownloadError",
+    "GeneratedImage",
+    "GenerationRequest",
+    "InvalidRequestError",
+    "Job",
+    "JobFailedError",
+    "JobTimeoutError",
+    "MiragicError",
+    "MissingAPIKeyError",
+    "RateLimitError",
+    "generate",
+]
+
+# Public names that live in modules with heavy imports, loaded on first attribute access.
+_LAZY = {
+    "Client": "client",
+    "GeneratedImage": "images",
+    "Job": "jobs",
+    "GenerationRequest": "request",
+}
+
+_default_client: Client | None = None
+_default_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'miragic_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def default_client() -> Client:
+    """The client ``generate`` uses, made from the environment on first use."""
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            from .client import Client
+
+            _default_client = Client()
+        return _default_client
+
+
+def generate(prompt: str, **options: Any) -> GeneratedImage:
+    """Generate one image with the default client; see ``Client.generate`` for the options."""
+    return default_client().generate(prompt, **options)
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%load_ext miragic_nb``: register ``%%miragic`` and ``%miragic``."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    from .magic import unload_ipython_extension as unload
+
+    unload(ipython)

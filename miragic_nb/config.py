@@ -1,0 +1,82 @@
+"""Where settings come from: an explicit argument, else a ``MIRAGIC_*`` variable, else a default.
+
+The key is read at the moment a client is made (never at import), so setting
+``MIRAGIC_API_KEY`` after the package is imported still works.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from urllib.parse import urlsplit
+
+from .errors import InvalidRequestError
+
+DEFAULT_BASE_URL = "https://backend.miragic.ai"
+ENV_API_KEY = "MIRAGIC_API_KEY"
+ENV_BASE_URL = "MIRAGIC_BASE_URL"
+
+#: Seconds to open a connection, and to wait for each read from it.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+#: Seconds ``wait``/``generate`` poll a job before giving up (the job itself is not lost).
+DEFAULT_JOB_TIMEOUT_S = 300.0
+
+
+def api_key_from_env(explicit: str | None = None) -> str | None:
+    """The explicit key, else ``MIRAGIC_API_KEY``; blank values count as unset."""
+    key = explicit if explicit is not None else os.environ.get(ENV_API_KEY)
+    if key is None or not key.strip():
+        return None
+    return key.strip()
+
+
+def base_url_from_env(explicit: str | None = None) -> str:
+    """The explicit base URL, else ``MIRAGIC_BASE_URL``, else the public API; validated."""
+    raw = explicit or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    return normalize_base_url(raw)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_base_url(url: str) -> str:
+    """Check a base URL and drop its trailing slash.
+
+    Plain ``http`` is allowed only to loopback hosts (the emulator, tests): anywhere else the
+    key would cross the network in clear text.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError(
+            f"base URL must be an http(s) URL such as {DEFAULT_BASE_URL}, got {url!r}",
+            field="base_url",
+        )
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise InvalidRequestError(
+            f"base URL {url!r} uses plain http to a non-loopback host; use https "
+            "(http is allowed only for localhost / 127.0.0.1, e.g. the emulator)",
+            field="base_url",
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise InvalidRequestError(
+            f"base URL must not carry credentials, a query or a fragment: {url!r}",
+            field="base_url",
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """The (scheme, host, port) triple that decides where the key may go; default ports filled."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port

@@ -1,0 +1,144 @@
+"""Every error miragic-nb raises, in one tree.
+
+```
+MiragicError
+├── InvalidRequestError        (also ValueError)   bad input, refused before any request
+│   └── MissingAPIKeyError                         no key configured anywhere
+├── AuthenticationError                            401 / 403 from the API
+├── RateLimitError                                 429, carries ``retry_after`` (seconds)
+├── APIError                                       any other error answer, carries ``status_code``
+│   └── DownloadError                              the result image could not be fetched or decoded
+├── APIConnectionError (also ConnectionError)      no answer: refused, reset, read timeout
+├── JobFailedError                                 the job ended ``FAILED``
+└── JobTimeoutError  (also TimeoutError)           the job did not finish in time
+```
+
+Every exception raised after a job exists carries its ``job_id`` so a paid-for job is never
+lost: ``client.wait(err.job_id)`` or ``%miragic resume <id>`` picks it up again. Messages are
+one readable line; they never contain the API key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+_EXCERPT_CHARS = 160
+
+
+class MiragicError(Exception):
+    """Base class of every miragic-nb error."""
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        if self.job_id and self.job_id not in self.message:
+            return f"{self.message} (job {self.job_id})"
+        return self.message
+
+
+class InvalidRequestError(MiragicError, ValueError):
+    """The request is invalid: refused locally before sending, or rejected with 400/422."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status_code: int | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        super().__init__(message, job_id=job_id)
+        self.field = field
+        self.status_code = status_code
+
+
+class MissingAPIKeyError(InvalidRequestError):
+    """No API key was given, and ``MIRAGIC_API_KEY`` is not set."""
+
+
+class AuthenticationError(MiragicError):
+    """The API refused the key (401 or 403)."""
+
+    def __init__(self, message: str, *, status_code: int, job_id: str | None = None) -> None:
+        super().__init__(message, job_id=job_id)
+        self.status_code = status_code
+
+
+class RateLimitError(MiragicError):
+    """The API answered 429; ``retry_after`` is the advised wait in seconds, if it said."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, job_id: str | None = None
+    ) -> None:
+        super().__init__(message, job_id=job_id)
+        self.retry_after = retry_after
+        self.status_code = 429
+
+
+class APIError(MiragicError):
+    """The API answered with an error (5xx, or a 2xx body that says ``success: false``)."""
+
+    def __init__(self, message: str, *, status_code: int, job_id: str | None = None) -> None:
+        super().__init__(message, job_id=job_id)
+        self.status_code = status_code
+
+
+class DownloadError(APIError):
+    """The result image could not be downloaded, or what came back is not a usable image."""
+
+
+class APIConnectionError(MiragicError, ConnectionError):
+    """No usable answer from the API: connection refused or reset, or a read timeout."""
+
+
+class JobFailedError(MiragicError):
+    """The job ended ``FAILED``; ``server_message`` is the API's ``errorMessage``."""
+
+    def __init__(self, message: str, *, job: Job) -> None:
+        super().__init__(message, job_id=job.id)
+        self.job = job
+        self.server_message = job.error_message
+
+
+class JobTimeoutError(MiragicError, TimeoutError):
+    """The job did not finish within the timeout; it may still finish on the server."""
+
+    def __init__(self, message: str, *, job_id: str, last_job: Job | None = None) -> None:
+        super().__init__(message, job_id=job_id)
+        self.last_job = last_job
+
+
+def body_excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """A short single line from a response body, so a proxy's HTML page cannot flood output."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, flags=re.IGNORECASE | re.DOTALL)
+    if title and title.group(1).strip():
+        text = title.group(1)
+    else:
+        text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
+        text = re.sub(r"<[^>]+>", " ", text)
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def message_from_body(body: Any) -> str | None:
+    """The API's own error text from a JSON body: ``message``, ``error`` or ``errorMessage``."""
+    if not isinstance(body, dict):
+        return None
+    candidates = [body]
+    if isinstance(body.get("data"), dict):
+        candidates.append(body["data"])
+    for candidate in candidates:
+        for key in ("message", "error", "errorMessage"):
+            value = candidate.get(key)
+            if isinstance(value, str) and value.strip():
+                return body_excerpt(value, limit=300)
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return body_excerpt(value["message"], limit=300)
+    return None

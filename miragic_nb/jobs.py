@@ -1,0 +1,133 @@
+"""The job record, read tolerantly (contract decision 4).
+
+``progress`` may be missing, a number or a numeric string; unknown status values mean "not
+finished yet"; status strings are compared case-insensitively; extra fields are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urljoin
+
+PENDING = "PENDING"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation job as the API last described it."""
+
+    id: str
+    status: str
+    progress: float | None = None
+    result_url: str | None = None
+    error_message: str | None = None
+    created_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, base_url: str | None = None) -> Job:
+        """Build a Job from the ``data`` object of a create or status answer."""
+        job_id = record.get("id") or record.get("jobId")
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("job record has no id")
+        status = str(record.get("status") or PENDING).strip().upper()
+        return cls(
+            id=job_id,
+            status=status,
+            progress=_progress(record.get("progress"), status),
+            result_url=_result_url(record, base_url),
+            error_message=_text(record.get("errorMessage")),
+            created_at=_timestamp(record.get("createdAt")),
+            raw=dict(record),
+        )
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status == COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status == FAILED
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (COMPLETED, FAILED)
+
+    @property
+    def processing_seconds(self) -> float | None:
+        """The server's own ``metadata.processingTimeMs``, in seconds, when it gives one."""
+        metadata = self.raw.get("metadata")
+        value = metadata.get("processingTimeMs") if isinstance(metadata, Mapping) else None
+        number = _number(value)
+        return number / 1000 if number is not None and number >= 0 else None
+
+    @property
+    def credits_used(self) -> float | None:
+        return _number(self.raw.get("creditsUsed"))
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """The parameters the server recorded (all strings, as the API sends them)."""
+        params = self.raw.get("parameters")
+        if not isinstance(params, Mapping):
+            return {}
+        return {str(k): "" if v is None else str(v) for k, v in params.items()}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().rstrip("%"))
+        except ValueError:
+            return None
+    return None
+
+
+def _progress(value: object, status: str) -> float | None:
+    number = _number(value)
+    if number is None:
+        return 100.0 if status == COMPLETED else None
+    return min(max(number, 0.0), 100.0)
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _result_url(record: Mapping[str, Any], base_url: str | None) -> str | None:
+    """``processedImageUrl``, else ``imageUrl``, else ``metadata.apiResponse.link`` (decision 5)."""
+    metadata = record.get("metadata")
+    api_response = metadata.get("apiResponse") if isinstance(metadata, Mapping) else None
+    link = api_response.get("link") if isinstance(api_response, Mapping) else None
+    for candidate in (record.get("processedImageUrl"), record.get("imageUrl"), link):
+        url = _text(candidate)
+        if url:
+            return urljoin(base_url + "/", url) if base_url else url
+    return None
+
+
+def _timestamp(value: object) -> datetime | None:
+    """ISO-8601 strings (what the API sends) or Unix seconds/milliseconds (what it documents)."""
+    if isinstance(value, str) and value.strip():
+        try:
+            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            number = _number(value)
+            if number is None:
+                return None
+            value = number
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return None

@@ -1,0 +1,276 @@
+"""How the notebook faces (magic, panel) get a client, including the built-in offline default.
+
+Precedence, decided when a cell runs (so setting ``MIRAGIC_API_KEY`` later works):
+
+- key: explicit argument > ``%miragic login`` session key > ``MIRAGIC_API_KEY``;
+- base URL: explicit argument > ``MIRAGIC_BASE_URL`` > the public API.
+
+When no key and no base URL are configured anywhere, and the offline fallback is on (off with
+``offline_fallback=False`` or ``MIRAGIC_OFFLINE_FALLBACK=0``), the faces use the **built-in
+emulator**: one per process, started lazily on loopback with a random key, stopped at exit.
+Its images carry ``info["miragic"]["emulator"] = True``.
+
+The session key lives in this module's memory only; it is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import config
+from .client import Client
+from .errors import MissingAPIKeyError
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
+    from .images import GeneratedImage
+    from .jobs import Job
+    from .polling import PollSchedule
+    from .request import GenerationRequest
+
+ENV_OFFLINE_FALLBACK = "MIRAGIC_OFFLINE_FALLBACK"
+#: Seconds each built-in emulator job takes: long enough to see the progress bar.
+BUILTIN_JOB_SECONDS = 2.0
+FALLBACK_NOTICE = (
+    "no MIRAGIC_API_KEY: using the offline emulator, placeholder images; "
+    "`%miragic login` to use Miragic"
+)
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+_CLIENT_CACHE_SIZE = 8
+
+_lock = threading.RLock()
+_session_key: str | None = None
+_prefer_emulator = False
+_emulator: Emulator | None = None
+_notice_given = False
+_clients: OrderedDict[tuple[Any, ...], Client] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class ResolvedClient:
+    """A client plus where its settings came from.
+
+    ``notice`` is the one-time fallback message: set on the first resolution in this process
+    that fell back to the built-in emulator, ``None`` afterwards; the face shows it.
+    """
+
+    client: Client
+    is_emulator: bool
+    source: str
+    notice: str | None = None
+
+
+class EmulatorClient(Client):
+    """A client for the built-in emulator: every image it returns is labelled as such."""
+
+    def finish(
+        self,
+        job: Job | str,
+        request: GenerationRequest | None = None,
+        **options: Any,
+    ) -> GeneratedImage:
+        image = super().finish(job, request, **options)
+        image.info["miragic"]["emulator"] = True
+        return image
+
+
+# -- the session key (%miragic login) --------------------------------------------------------
+
+
+def set_session_key(key: str) -> None:
+    """Use ``key`` for this process (``%miragic login``); it wins over ``MIRAGIC_API_KEY``."""
+    global _session_key, _prefer_emulator
+    key = key.strip()
+    if not key:
+        raise MissingAPIKeyError("the API key is empty; nothing was changed", field="api_key")
+    with _lock:
+        _session_key = key
+        _prefer_emulator = False
+
+
+def clear_session_key() -> None:
+    global _session_key
+    with _lock:
+        _session_key = None
+
+
+def has_session_key() -> bool:
+    return _session_key is not None
+
+
+# -- the built-in emulator ---------------------------------------------------------------------
+
+
+def builtin_emulator() -> Emulator:
+    """The process's built-in emulator, started on first use (loopback, random key)."""
+    global _emulator
+    with _lock:
+        if _emulator is None:
+            from .emulator import Emulator
+
+            emulator = Emulator(
+                api_key="builtin-" + secrets.token_urlsafe(16),
+                job_seconds=BUILTIN_JOB_SECONDS,
+                host="127.0.0.1",
+                port=0,
+            )
+            emulator.__enter__()
+            atexit.register(_stop_at_exit, emulator)
+            _emulator = emulator
+        return _emulator
+
+
+def builtin_emulator_running() -> Emulator | None:
+    """The built-in emulator if it is running, without starting it."""
+    return _emulator
+
+
+def start_builtin_emulator() -> Emulator:
+    """Start the built-in emulator (if needed) and use it for this session, key or not."""
+    global _prefer_emulator
+    with _lock:
+        emulator = builtin_emulator()
+        _prefer_emulator = True
+        return emulator
+
+
+def stop_builtin_emulator() -> bool:
+    """Stop the built-in emulator; True when one was running. A later fallback starts anew."""
+    global _emulator, _prefer_emulator
+    with _lock:
+        emulator, _emulator = _emulator, None
+        _prefer_emulator = False
+        for key in [k for k in _clients if k[0] == "builtin"]:
+            _clients.pop(key).close()
+    if emulator is None:
+        return False
+    emulator.__exit__(None, None, None)
+    return True
+
+
+def _stop_at_exit(emulator: Emulator) -> None:
+    if emulator is _emulator:
+        stop_builtin_emulator()
+
+
+# -- resolution ---------------------------------------------------------------------------------
+
+
+def fallback_enabled(offline_fallback: bool = True) -> bool:
+    """The fallback is on unless the caller or ``MIRAGIC_OFFLINE_FALLBACK=0`` turns it off."""
+    env = os.environ.get(ENV_OFFLINE_FALLBACK, "").strip().lower()
+    return offline_fallback and env not in _FALSE_WORDS
+
+
+def resolve_client(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    offline_fallback: bool = True,
+    timeout: float = config.DEFAULT_JOB_TIMEOUT_S,
+    poll_schedule: PollSchedule | None = None,
+) -> ResolvedClient:
+    """The client a cell should use now; see the module docstring for the precedence.
+
+    Raises ``MissingAPIKeyError`` (saying how to provide a key) when no key is configured and
+    the fallback is off or a base URL was configured. Clients are reused while the settings
+    stay the same, so cells share connections.
+    """
+    global _notice_given
+    key, key_source = _pick_key(api_key)
+    explicit_url = base_url or os.environ.get(config.ENV_BASE_URL) or None
+    url_source = "argument" if base_url else config.ENV_BASE_URL if explicit_url else "default"
+    with _lock:
+        use_emulator = _prefer_emulator or (
+            key is None and explicit_url is None and fallback_enabled(offline_fallback)
+        )
+        if use_emulator:
+            emulator = builtin_emulator()
+            notice = None
+            if not _prefer_emulator and not _notice_given:
+                _notice_given = True
+                notice = FALLBACK_NOTICE
+            why = "%miragic emulator start" if _prefer_emulator else "no key configured"
+            client = _cached(
+                ("builtin", emulator.url, timeout, poll_schedule),
+                lambda: EmulatorClient(
+                    api_key=emulator.api_key,
+                    base_url=emulator.url,
+                    timeout=timeout,
+                    poll_schedule=poll_schedule,
+                ),
+            )
+            return ResolvedClient(
+                client, True, f"built-in emulator at {emulator.url} ({why})", notice
+            )
+    if key is None:
+        raise MissingAPIKeyError(_missing_key_message(explicit_url), field="api_key")
+    resolved_url = config.base_url_from_env(explicit_url)
+    client = _cached(
+        ("api", key, resolved_url, timeout, poll_schedule),
+        lambda: Client(
+            api_key=key, base_url=resolved_url, timeout=timeout, poll_schedule=poll_schedule
+        ),
+    )
+    return ResolvedClient(
+        client, False, f"key from {key_source}; base URL {resolved_url} from {url_source}"
+    )
+
+
+def key_source() -> str | None:
+    """Where the key would come from now (``None`` when there is none); never the key."""
+    return _pick_key(None)[1]
+
+
+def _pick_key(explicit: str | None) -> tuple[str | None, str | None]:
+    if explicit is not None and explicit.strip():
+        return explicit.strip(), "argument"
+    if _session_key is not None:
+        return _session_key, "%miragic login (this session)"
+    env_key = config.api_key_from_env(None)
+    if env_key is not None:
+        return env_key, config.ENV_API_KEY
+    return None, None
+
+
+def _missing_key_message(explicit_url: str | None) -> str:
+    why = (
+        f"a base URL is configured ({explicit_url})"
+        if explicit_url
+        else "the offline fallback is off"
+    )
+    return (
+        f"no Miragic API key and {why}: run `%miragic login`, or set the MIRAGIC_API_KEY "
+        "environment variable"
+    )
+
+
+def _cached(settings: tuple[Any, ...], make: Callable[[], Client]) -> Client:
+    with _lock:
+        client = _clients.get(settings)
+        if client is None:
+            client = make()
+            _clients[settings] = client
+            while len(_clients) > _CLIENT_CACHE_SIZE:
+                _clients.popitem(last=False)[1].close()
+        else:
+            _clients.move_to_end(settings)
+        return client
+
+
+def reset() -> None:
+    """Forget the session key, cached clients and the notice; stop the emulator (for tests)."""
+    global _notice_given
+    stop_builtin_emulator()
+    clear_session_key()
+    with _lock:
+        _notice_given = False
+        while _clients:
+            _clients.popitem()[1].close()

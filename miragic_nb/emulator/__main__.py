@@ -1,0 +1,81 @@
+"""``python -m miragic_nb.emulator`` (or ``miragic-emulator``): serve the emulator until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .server import Emulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m miragic_nb.emulator",
+        description="Serve a local emulator of the Miragic image API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8787, help="API port (0: any free port)")
+    parser.add_argument(
+        "--second-port", type=int, default=0, help="port of the result-file origin (default: any)"
+    )
+    parser.add_argument("--api-key", default="emulator-key", help="the one accepted X-API-Key")
+    parser.add_argument(
+        "--job-seconds", type=float, default=2.0, help="how long each job takes (default 2)"
+    )
+    parser.add_argument(
+        "--jitter", type=float, default=0.1, help="relative random spread of durations"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="omit `progress` from job records"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.job_seconds < 0:
+        _parser().error("--job-seconds must not be negative")
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
+    emulator = Emulator(
+        api_key=args.api_key,
+        job_seconds=args.job_seconds,
+        port=args.port,
+        host=args.host,
+        jitter=args.jitter,
+        report_progress=not args.no_progress,
+        second_port=args.second_port,
+        seed=args.seed,
+    )
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    with emulator:
+        print(f"Miragic emulator serving at {emulator.url}", flush=True)
+        print(f"API key: {emulator.api_key}", flush=True)
+        print(f"Result files also served from {emulator.second_origin.url}", flush=True)
+        print(
+            f"Use: MIRAGIC_BASE_URL={emulator.url} MIRAGIC_API_KEY={emulator.api_key}", flush=True
+        )
+        print("Press Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    print("Emulator stopped.", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

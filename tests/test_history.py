@@ -1,0 +1,686 @@
+"""History: job ids and results persisted as real files, shared safely between processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pytest
+from PIL import Image
+
+from miragic_nb import history as history_module
+from miragic_nb.client import Client
+from miragic_nb.history import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    TIMEOUT,
+    History,
+    HistoryRecord,
+    _atomic_write,
+    _write_temp,
+    jpeg_insert_comment,
+    read_embedded_metadata,
+    reuse_key,
+)
+from miragic_nb.images import GeneratedImage
+from miragic_nb.jobs import Job
+from miragic_nb.request import GenerationRequest
+
+BASE = "http://127.0.0.1:8765"
+PROMPT = "A lighthouse on a cliff at dusk, {style} — 灯台 ☼"
+
+
+# -- real images and the metadata the client attaches ----------------------------------------
+
+
+def noise(size: tuple[int, int] = (64, 48), *, seed: int = 1, mode: str = "RGB") -> Image.Image:
+    """A picture with detail in it, so a re-encode would show."""
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
+    return image.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(seed: int = 1, **options: Any) -> bytes:
+    return encode(noise(seed=seed), "JPEG", quality=85, **options)
+
+
+def png_bytes(seed: int = 1, mode: str = "RGB") -> bytes:
+    return encode(noise(seed=seed, mode=mode), "PNG")
+
+
+def metadata(job_id: str, request: GenerationRequest, *, base_url: str = BASE) -> dict[str, Any]:
+    """The metadata ``Client.finish`` attaches (same keys as ``Client._metadata``)."""
+    return {
+        "job_id": job_id,
+        "prompt": request.prompt,
+        "model": request.model,
+        "width": request.width,
+        "height": request.height,
+        "seed": request.seed,
+        "image_url": request.image_url,
+        "options": {f: getattr(request, f) for f in ("enhance", "safe", "private", "nologo")},
+        "result_url": f"{base_url}/uploads/{job_id}.jpg?sig=abc",
+        "elapsed_s": 4.2,
+        "processing_s": 3.9,
+        "credits_used": 1.0,
+        "created_at": "2025-01-02T03:04:05+00:00",
+        "base_url": base_url,
+    }
+
+
+def result(
+    job_id: str,
+    request: GenerationRequest,
+    data: bytes | None = None,
+    *,
+    base_url: str = BASE,
+) -> GeneratedImage:
+    return GeneratedImage.from_bytes(
+        data if data is not None else jpeg_bytes(), metadata(job_id, request, base_url=base_url)
+    )
+
+
+def complete(
+    store: History,
+    job_id: str,
+    request: GenerationRequest,
+    data: bytes | None = None,
+    *,
+    base_url: str = BASE,
+) -> HistoryRecord:
+    store.record_created(job_id, request, base_url=base_url)
+    return store.record_result(result(job_id, request, data, base_url=base_url))
+
+
+def pixels(data: bytes) -> tuple[str, tuple[int, int], bytes]:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.mode, image.size, image.tobytes()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> History:
+    return History(tmp_path / "home")
+
+
+# -- the round trip --------------------------------------------------------------------------
+
+
+def test_round_trip_created_then_result_then_records_newest_first(store: History) -> None:
+    requests = [GenerationRequest(f"prompt {n}", model="turbo", seed=n) for n in range(3)]
+    for n, request in enumerate(requests):
+        created = store.record_created(f"job-{n}", request, base_url=BASE)
+        assert created.status == PENDING
+        assert created.path is None
+    image = result("job-1", requests[1])
+    saved = store.record_result(image)
+
+    assert [r.job_id for r in store.records()] == ["job-2", "job-1", "job-0"]
+    assert [r.job_id for r in store.records(limit=2)] == ["job-2", "job-1"]
+    record = store.get("job-1")
+    assert record == saved
+    assert record is not None
+    assert (record.status, record.prompt, record.model) == (COMPLETED, "prompt 1", "turbo")
+    assert (record.width, record.height, record.seed) == (1024, 1024, 1)
+    assert record.base_url == BASE
+    assert record.result_url == f"{BASE}/uploads/job-1.jpg?sig=abc"
+    assert (record.elapsed_s, record.processing_s, record.credits_used) == (4.2, 3.9, 1.0)
+    assert record.server_created_at == "2025-01-02T03:04:05+00:00"
+    assert record.options == {"enhance": None, "safe": None, "private": None, "nologo": None}
+    assert record.image_size == (64, 48)
+    assert record.path == store.home / "images" / "job-1.jpg"
+    assert record.path.is_file()
+    assert image.metadata["path"] == str(record.path)
+    assert record.created_at <= record.updated_at
+    assert [e.status for e in record.events] == [PENDING, COMPLETED]
+    assert store.get("job-0") is not None
+    assert store.get("job-0").status == PENDING  # type: ignore[union-attr]
+    assert store.get("unknown-job") is None
+
+
+def test_load_image_rebuilds_a_generated_image(store: History) -> None:
+    request = GenerationRequest(PROMPT, seed=7, enhance=True)
+    original = jpeg_bytes()
+    complete(store, "job-a", request, original)
+
+    loaded = store.load_image("job-a")
+    assert isinstance(loaded, GeneratedImage)
+    assert isinstance(loaded, Image.Image)
+    assert loaded.format == "JPEG"
+    assert loaded.tobytes() == pixels(original)[2]
+    meta = loaded.metadata
+    assert meta["job_id"] == "job-a"
+    assert meta["prompt"] == PROMPT
+    assert (meta["model"], meta["width"], meta["height"], meta["seed"]) == ("flux", 1024, 1024, 7)
+    assert meta["options"]["enhance"] is True
+    assert meta["path"] == str(store.home / "images" / "job-a.jpg")
+    assert "reused" not in meta
+    assert store.load_image("job-a", reused=True).metadata["reused"] is True  # type: ignore[union-attr]
+    assert store.load_image("no-such-job") is None
+    store.record_created("pending-job", request, base_url=BASE)
+    assert store.load_image("pending-job") is None
+
+
+def test_result_metadata_from_the_real_client_is_recorded(store: History) -> None:
+    # Guards the shape contract with Client._metadata, the producer of image.metadata.
+    request = GenerationRequest(PROMPT, model="kontext", image_url="https://x.test/in.png", seed=3)
+    job = Job.from_record(
+        {
+            "id": "job-client",
+            "status": "COMPLETED",
+            "processedImageUrl": "/uploads/out.jpg",
+            "createdAt": "2025-01-02T03:04:05.000Z",
+            "metadata": {"processingTimeMs": 4827},
+            "creditsUsed": 1,
+        },
+        base_url=BASE,
+    )
+    with Client(api_key="test-key-0123456789", base_url=BASE) as client:
+        meta = client._metadata(job, request, elapsed=5.5)
+    store.record_created(job.id, request, base_url=BASE)
+    record = store.record_result(GeneratedImage.from_bytes(png_bytes(), meta))
+    assert record.result_url == f"{BASE}/uploads/out.jpg"
+    assert (record.elapsed_s, record.processing_s, record.credits_used) == (5.5, 4.827, 1.0)
+    assert record.image_url == "https://x.test/in.png"
+    assert record.reuse_key == reuse_key(request, base_url=BASE)
+    assert store.find_reusable(request, base_url=BASE) == record
+
+
+def test_result_without_a_created_record_takes_the_request_from_metadata(store: History) -> None:
+    # A job resumed by id in another kernel: record_created never ran here.
+    request = GenerationRequest("resumed", model="gptimage", width=512, height=768, seed=9)
+    record = store.record_result(result("job-r", request))
+    assert (record.prompt, record.model, record.width, record.height) == (
+        "resumed",
+        "gptimage",
+        512,
+        768,
+    )
+    assert record.reuse_key == reuse_key(request, base_url=BASE)
+    assert store.find_reusable(request, base_url=BASE) == record
+
+
+def test_record_result_needs_a_job_id(store: History) -> None:
+    image = GeneratedImage.from_bytes(jpeg_bytes(), {"prompt": "no id"})
+    with pytest.raises(ValueError, match="job_id"):
+        store.record_result(image)
+    with pytest.raises(ValueError, match="job_id"):
+        store.record_status("  ", FAILED)
+    with pytest.raises(ValueError, match="status"):
+        store.record_status("job", "")
+
+
+# -- status updates merge ----------------------------------------------------------------------
+
+
+def test_status_updates_merge_and_a_saved_result_is_never_demoted(store: History) -> None:
+    request = GenerationRequest(PROMPT, seed=1)
+    store.record_created("job-s", request, base_url=BASE)
+    timed_out = store.record_status("job-s", TIMEOUT, error_message="did not finish within 300s")
+    assert (timed_out.status, timed_out.error_message) == (TIMEOUT, "did not finish within 300s")
+    assert (timed_out.prompt, timed_out.seed, timed_out.base_url) == (PROMPT, 1, BASE)
+
+    done = store.record_result(result("job-s", request))  # resumed later, and finished
+    assert (done.status, done.error_message) == (COMPLETED, None)
+    assert done.created_at == timed_out.created_at
+
+    late = store.record_status("job-s", CANCELLED)  # another kernel gives up on it afterwards
+    assert late.status == COMPLETED
+    assert late.path == done.path
+    assert [e.status for e in late.events] == [PENDING, TIMEOUT, COMPLETED, CANCELLED]
+    assert late.events[1].error_message == "did not finish within 300s"
+    assert store.get("job-s") == late
+
+
+def test_status_first_then_created_keeps_the_status(store: History) -> None:
+    store.record_status("job-f", "failed", error_message="NSFW content detected")
+    record = store.record_created("job-f", GenerationRequest("p", seed=2), base_url=BASE)
+    assert (record.status, record.error_message) == (FAILED, "NSFW content detected")
+    assert (record.prompt, record.seed) == ("p", 2)
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+
+
+def test_crash_between_temp_write_and_rename_leaves_only_a_stray_temp(store: History) -> None:
+    store.record_created("job-1", GenerationRequest("first"), base_url=BASE)
+    before = store.get("job-1")
+    record_file = store.home / "jobs" / "job-1.json"
+    # The crash: a new version half-written to its temp file, never renamed into place.
+    stray = _write_temp(record_file, b'{"format": "miragic-nb.history", "job_')
+    other = _write_temp(store.home / "jobs" / "job-2.json", b"")
+
+    assert stray.parent == other.parent == record_file.parent
+    assert stray.exists()
+    assert other.exists()
+    assert store.get("job-1") == before
+    assert store.get("job-2") is None
+    assert [r.job_id for r in store.records()] == ["job-1"]
+    # Writing goes on normally beside the stray temp files.
+    store.record_status("job-1", FAILED, error_message="boom")
+    assert store.get("job-1").status == FAILED  # type: ignore[union-attr]
+
+
+def test_failed_rename_removes_its_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "occupied.json"
+    target.mkdir()
+    (target / "keep").write_text("a directory cannot be replaced by a file")
+    with pytest.raises(IsADirectoryError):
+        _atomic_write(target, b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied.json"]
+
+
+def _worker(home: str, worker: int, jobs: int, shared_updates: int) -> None:
+    """One kernel: records its own jobs (with results) and updates a shared job repeatedly."""
+    store = History(home)
+    for n in range(jobs):
+        job_id = f"w{worker}-job-{n}"
+        request = GenerationRequest(f"worker {worker} image {n}", seed=n)
+        store.record_created(job_id, request, base_url=BASE)
+        store.record_status("shared-job", PENDING, error_message=f"w{worker} saw it")
+        store.record_result(result(job_id, request, jpeg_bytes(seed=worker * 100 + n)))
+    for n in range(shared_updates):
+        store.record_status("shared-job", TIMEOUT, error_message=f"w{worker}-{n}")
+
+
+def test_several_processes_write_at_once_and_nothing_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "shared-home"
+    workers, jobs, updates = 4, 6, 10
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(str(home), w, jobs, updates)) for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * workers
+
+    store = History(home)
+    with caplog.at_level(logging.WARNING, logger="miragic_nb"):
+        records = store.records()
+    assert caplog.records == []
+    assert len(records) == workers * jobs + 1
+    for w in range(workers):
+        for n in range(jobs):
+            record = store.get(f"w{w}-job-{n}")
+            assert record is not None
+            assert (record.status, record.prompt) == (COMPLETED, f"worker {w} image {n}")
+            assert record.path is not None
+            assert pixels(record.path.read_bytes())[2] == pixels(jpeg_bytes(seed=w * 100 + n))[2]
+    shared = store.get("shared-job")
+    assert shared is not None
+    messages = {e.error_message for e in shared.events}
+    # Every one of the concurrent read-merge-write updates landed.
+    assert len(shared.events) == workers * (jobs + updates)
+    assert {f"w{w}-{n}" for w in range(workers) for n in range(updates)} <= messages
+    assert {f"w{w} saw it" for w in range(workers)} <= messages
+    assert not list(home.rglob("*.tmp"))
+
+
+# -- files that are not (or no longer) good records -------------------------------------------
+
+
+def test_corrupt_partial_and_foreign_files_are_skipped(
+    store: History, caplog: pytest.LogCaptureFixture
+) -> None:
+    complete(store, "good-1", GenerationRequest("one", seed=1))
+    store.record_created("good-2", GenerationRequest("two"), base_url=BASE)
+    jobs = store.home / "jobs"
+    good = (jobs / "good-1.json").read_text()
+    (jobs / "corrupt.json").write_text('{"format": "miragic-nb.history", "job_id": "corr')
+    (jobs / "empty.json").write_bytes(b"")
+    (jobs / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (jobs / "list.json").write_text("[1, 2, 3]")
+    (jobs / "foreign.json").write_text(json.dumps({"job_id": "foreign", "status": "COMPLETED"}))
+    (jobs / "renamed.json").write_text(good)  # a record whose job id is not its file name
+    (jobs / "notes.txt").write_text("not a record at all")
+    (jobs / "folder.json").mkdir()
+
+    with caplog.at_level(logging.WARNING, logger="miragic_nb"):
+        listed = [r.job_id for r in store.records()]
+    assert listed == ["good-2", "good-1"]
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("corrupt", "empty", "binary", "list", "foreign", "renamed", "folder"):
+        assert f"{name}.json" in skipped
+    assert "notes.txt" not in skipped
+    assert store.get("corrupt") is None
+
+    # The same unreadable files are not reported again on the next listing.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="miragic_nb"):
+        assert len(store.records()) == 2
+    assert caplog.records == []
+
+    # A corrupt record is replaced by the next update of that job.
+    replaced = store.record_created("corrupt", GenerationRequest("again"), base_url=BASE)
+    assert store.get("corrupt") == replaced
+
+
+def test_bad_field_types_are_read_as_unknown(store: History) -> None:
+    store.record_created("job-t", GenerationRequest("typed", seed=4), base_url=BASE)
+    path = store.home / "jobs" / "job-t.json"
+    data = json.loads(path.read_text())
+    data.update(width="wide", seed=True, options=["x"], created_at="yesterday", image="/etc/passwd")
+    path.write_text(json.dumps(data))
+    record = store.get("job-t")
+    assert record is not None
+    assert (record.width, record.seed, record.options, record.path) == (None, None, {}, None)
+    assert record.prompt == "typed"
+
+
+def test_job_ids_are_sanitised_into_distinct_safe_file_names(store: History) -> None:
+    ids = ["a/b", "a_b", "../../escape", "with space", "x" * 300, "ünï", ".hidden", "56ba-uuid"]
+    for job_id in ids:
+        complete(store, job_id, GenerationRequest(f"prompt for {job_id}", seed=1))
+    files = sorted(p.name for p in (store.home / "jobs").iterdir())
+    assert len(files) == len(ids)
+    assert all(len(name) < 120 and not name.startswith(".") for name in files)
+    assert "56ba-uuid.json" in files
+    assert {p.parent for p in store.home.rglob("*.json")} == {store.home / "jobs"}
+    for job_id in ids:
+        record = store.get(job_id)
+        assert record is not None
+        assert record.job_id == job_id
+        assert record.prompt == f"prompt for {job_id}"
+        assert record.path is not None
+        assert record.path.parent == store.home / "images"
+    assert {r.job_id for r in store.records()} == set(ids)
+
+
+# -- reuse -------------------------------------------------------------------------------------
+
+REUSE_REQUEST = GenerationRequest(
+    PROMPT,
+    model="kontext",
+    width=768,
+    height=512,
+    image_url="https://img.test/input.png",
+    seed=42,
+    enhance=False,
+    safe=True,
+)
+
+
+def test_reuse_hits_an_exact_match_and_marks_the_image_reused(store: History) -> None:
+    original = jpeg_bytes(seed=5)
+    saved = complete(store, "job-reuse", REUSE_REQUEST, original)
+    assert saved.reuse_key == reuse_key(REUSE_REQUEST, base_url=BASE)
+
+    same = GenerationRequest(**REUSE_REQUEST.as_dict())
+    assert store.find_reusable(same, base_url=BASE) == saved
+    assert store.find_reusable(same, base_url=BASE + "/") == saved  # same server
+    image = store.reuse(same, base_url=BASE)
+    assert image is not None
+    assert image.metadata["reused"] is True
+    assert image.metadata["job_id"] == "job-reuse"
+    assert image.tobytes() == pixels(original)[2]
+
+
+def test_reuse_prefers_the_newest_matching_result(store: History) -> None:
+    complete(store, "older", REUSE_REQUEST, jpeg_bytes(seed=1))
+    newer = complete(store, "newer", REUSE_REQUEST, jpeg_bytes(seed=2))
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) == newer
+
+
+@pytest.mark.parametrize(
+    ("change", "base_url"),
+    [
+        ({}, "http://127.0.0.1:9999"),
+        ({}, "https://backend.miragic.ai"),
+        ({"model": "flux", "image_url": None}, BASE),
+        ({"width": 769}, BASE),
+        ({"height": 513}, BASE),
+        ({"prompt": PROMPT + "!"}, BASE),
+        ({"seed": 43}, BASE),
+        ({"image_url": "https://img.test/other.png"}, BASE),
+        ({"image_url": None}, BASE),
+        ({"enhance": True}, BASE),
+        ({"enhance": None}, BASE),
+        ({"safe": False}, BASE),
+        ({"private": True}, BASE),
+        ({"nologo": True}, BASE),
+        ({"nologo": False}, BASE),
+    ],
+)
+def test_reuse_misses_when_anything_differs(
+    store: History, change: dict[str, Any], base_url: str
+) -> None:
+    complete(store, "job-reuse", REUSE_REQUEST)
+    other = replace(REUSE_REQUEST, **change)
+    assert other != REUSE_REQUEST or base_url != BASE
+    assert store.find_reusable(other, base_url=base_url) is None
+    assert store.reuse(other, base_url=base_url) is None
+
+
+def test_reuse_needs_a_seed(store: History) -> None:
+    unseeded = replace(REUSE_REQUEST, seed=None)
+    complete(store, "job-unseeded", unseeded)
+    assert store.find_reusable(unseeded, base_url=BASE) is None
+    assert store.reuse(unseeded, base_url=BASE) is None
+
+
+def test_reuse_needs_a_completed_record_with_a_readable_image(store: History) -> None:
+    store.record_created("only-created", REUSE_REQUEST, base_url=BASE)
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    store.record_status("only-created", FAILED, error_message="no")
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+
+    saved = complete(store, "gone", REUSE_REQUEST)
+    assert saved.path is not None
+    saved.path.unlink()
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
+
+    broken = complete(store, "broken", REUSE_REQUEST)
+    assert broken.path is not None
+    broken.path.write_bytes(b"<html>not an image</html>")
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+
+    # A truncated file passes the header check but does not decode: reuse() skips it.
+    good = complete(store, "good", REUSE_REQUEST, jpeg_bytes(seed=3))
+    truncated = complete(store, "truncated", REUSE_REQUEST, jpeg_bytes(seed=4))
+    assert truncated.path is not None
+    truncated.path.write_bytes(truncated.path.read_bytes()[:40])
+    image = store.reuse(REUSE_REQUEST, base_url=BASE)
+    assert image is not None
+    assert image.metadata["job_id"] == good.job_id
+
+
+# -- metadata inside the saved image files ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"exif": Image.Exif()},
+        {"progressive": True, "comment": b"server comment"},
+        {"icc_profile": b"\x00" * 200, "dpi": (72, 72)},
+    ],
+    ids=["jfif", "exif", "progressive-with-comment", "icc"],
+)
+def test_saved_jpeg_carries_metadata_and_identical_pixels(
+    store: History, options: dict[str, Any]
+) -> None:
+    exif = options.get("exif")
+    if exif is not None:
+        exif[0x010F] = "Camera maker"
+    original = jpeg_bytes(seed=11, **options)
+    request = GenerationRequest(PROMPT, model="turbo", seed=5, nologo=True)
+    saved = complete(store, "job-jpeg", request, original)
+    assert saved.path is not None
+    assert saved.path.suffix == ".jpg"
+    data = saved.path.read_bytes()
+
+    with Image.open(saved.path) as opened:
+        assert opened.format == "JPEG"
+        embedded = json.loads(opened.info["comment"])["miragic"]
+        if exif is not None:
+            assert opened.getexif()[0x010F] == "Camera maker"
+    assert embedded["prompt"] == PROMPT
+    assert embedded["job_id"] == "job-jpeg"
+    assert (embedded["model"], embedded["seed"], embedded["width"]) == ("turbo", 5, 1024)
+    assert embedded["options"]["nologo"] is True
+    assert "result_url" not in embedded  # signed and temporary
+    assert read_embedded_metadata(data) == embedded
+    # Not re-encoded: the original bytes are all there, with one segment added.
+    assert pixels(data) == pixels(original)
+    assert len(data) > len(original)
+    marker = data.index(b"\xff\xfe" + (len(data) - len(original) - 2).to_bytes(2, "big"))
+    assert data[:marker] + data[marker + len(data) - len(original) :] == original
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L"])
+def test_saved_png_carries_metadata_and_identical_pixels(store: History, mode: str) -> None:
+    original = png_bytes(seed=12, mode=mode)
+    request = GenerationRequest(PROMPT, seed=6, private=True)
+    saved = complete(store, "job-png", request, original)
+    assert saved.path is not None
+    assert saved.path.suffix == ".png"
+    data = saved.path.read_bytes()
+
+    with Image.open(saved.path) as opened:
+        embedded = json.loads(opened.info["miragic"])
+    with Image.open(saved.path) as opened:
+        opened.verify()  # chunk CRCs are checked
+    assert embedded["prompt"] == PROMPT
+    assert (embedded["seed"], embedded["options"]["private"]) == (6, True)
+    assert read_embedded_metadata(data) == embedded
+    assert pixels(data) == pixels(original)
+    assert data.endswith(original[33:])  # everything after IHDR follows the new chunk unchanged
+    assert data[:33] == original[:33]
+
+
+def test_other_formats_are_saved_as_sent(store: History) -> None:
+    original = encode(noise(seed=3), "GIF")
+    saved = complete(store, "job-gif", GenerationRequest("gif", seed=1), original)
+    assert saved.path is not None
+    assert saved.path.suffix == ".gif"
+    assert saved.path.read_bytes() == original
+    loaded = store.load_image("job-gif")
+    assert loaded is not None
+    assert loaded.metadata["prompt"] == "gif"
+
+
+def test_jpeg_comment_goes_after_the_app_segments() -> None:
+    original = jpeg_bytes(exif=Image.Exif())
+    app_end = 2
+    while original[app_end + 1] in range(0xE0, 0xF0):
+        app_end += 2 + int.from_bytes(original[app_end + 2 : app_end + 4], "big")
+    assert app_end > 2  # JFIF APP0 (and EXIF APP1) present
+    out = jpeg_insert_comment(original, b"hello")
+    assert out == original[:app_end] + b"\xff\xfe\x00\x07hello" + original[app_end:]
+    with Image.open(io.BytesIO(out)) as opened:
+        assert opened.info["comment"] == b"hello"
+
+    bare = b"\xff\xd8" + original[app_end:]  # no APP segments at all
+    assert jpeg_insert_comment(bare, b"x") == b"\xff\xd8\xff\xfe\x00\x03x" + original[app_end:]
+    with pytest.raises(ValueError, match="SOI"):
+        jpeg_insert_comment(png_bytes(), b"x")
+    with pytest.raises(ValueError, match="at most"):
+        jpeg_insert_comment(original, b"x" * 65534)
+
+
+def test_an_enormous_prompt_is_shortened_to_fit_one_jpeg_comment(store: History) -> None:
+    prompt = "a very long prompt ☼ " * 5000
+    saved = complete(store, "job-long", GenerationRequest(prompt, seed=1))
+    assert saved.path is not None
+    with Image.open(saved.path) as opened:
+        embedded = json.loads(opened.info["comment"])["miragic"]
+    assert embedded["prompt_truncated"] is True
+    assert prompt.startswith(embedded["prompt"])
+    assert saved.prompt == prompt.strip()  # the JSON record keeps it whole
+
+
+# -- where the data lives, and what never goes there -------------------------------------------
+
+
+def test_home_comes_from_argument_then_env_then_platformdirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIRAGIC_HOME", str(tmp_path / "from-env"))
+    assert History().home == (tmp_path / "from-env").resolve()
+    assert History(tmp_path / "explicit").home == (tmp_path / "explicit").resolve()
+    assert History(str(tmp_path / "explicit")).home == (tmp_path / "explicit").resolve()
+    monkeypatch.setenv("MIRAGIC_HOME", "  ")
+    assert History().home == Path(platformdirs.user_data_dir("miragic-nb")).resolve()
+    monkeypatch.delenv("MIRAGIC_HOME")
+    assert History().home == Path(platformdirs.user_data_dir("miragic-nb")).resolve()
+
+
+def test_env_home_is_used_for_writing_and_created_only_on_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "lazy" / "home"
+    monkeypatch.setenv("MIRAGIC_HOME", str(home))
+    store = History()
+    assert store.records() == []
+    assert store.get("x") is None
+    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert history_module.history() == []
+    assert not (tmp_path / "lazy").exists()
+
+    store.record_created("job-e", GenerationRequest("env"), base_url=BASE)
+    assert (home / "jobs" / "job-e.json").is_file()
+    assert [r.job_id for r in history_module.history()] == ["job-e"]
+    assert [r.job_id for r in history_module.history(tmp_path / "elsewhere")] == []
+
+
+def test_the_api_key_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "mk-live-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+    monkeypatch.setenv("MIRAGIC_API_KEY", secret)
+    store = History(tmp_path / "home")
+    request = GenerationRequest(PROMPT, seed=1)
+    job = Job.from_record(
+        {"id": "job-k", "status": "COMPLETED", "imageUrl": "/r.png"}, base_url=BASE
+    )
+    with Client(base_url=BASE) as client:
+        assert client.has_api_key
+        meta = client._metadata(job, request, elapsed=1.0)
+    # Even a key that strays into the metadata is not persisted: fields are allow-listed.
+    meta["api_key"] = secret
+    meta["options"] = {**meta["options"], "X-API-Key": secret}
+    store.record_created("job-k", request, base_url=BASE)
+    store.record_result(GeneratedImage.from_bytes(jpeg_bytes(), meta))
+    store.record_result(GeneratedImage.from_bytes(png_bytes(), {**meta, "job_id": "job-k2"}))
+    store.record_status("job-k", CANCELLED)
+
+    files = [p for p in store.home.rglob("*") if p.is_file()]
+    assert len(files) >= 4
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def test_importing_history_does_not_load_pillow() -> None:
+    # So the package can expose ``miragic_nb.history`` cheaply at import time.
+    code = "import sys, miragic_nb.history; print('PIL' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert out.stdout.strip() == "False"

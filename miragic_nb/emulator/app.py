@@ -53,8 +53,10 @@ UPLOADS_PREFIX = "/uploads/image-generation/processed"
 JobSeconds = float | Callable[[Mapping[str, str]], float]
 
 
-@dataclass(frozen=True)
+@dataclass
 class EmulatorConfig:
+    """Settings read on every job creation/status read; the Emulator's properties write them."""
+
     api_key: str
     job_seconds: JobSeconds
     jitter: float = 0.1

@@ -63,6 +63,11 @@ class EmulatedJob:
         return self._rendered.wait(timeout)
 
     @property
+    def result_bytes(self) -> bytes | None:
+        """The JPEG bytes served for this job (alias of ``result``)."""
+        return self.result
+
+    @property
     def rendered(self) -> bool:
         return self._rendered.is_set()
 

@@ -327,6 +327,35 @@ class Emulator:
         self.stop()
 
     @property
+    def job_seconds(self) -> JobSeconds:
+        """Duration of new jobs before jitter (number or callable); settable at runtime."""
+        return self._config.job_seconds
+
+    @job_seconds.setter
+    def job_seconds(self, value: JobSeconds) -> None:
+        self._config.job_seconds = value
+
+    @property
+    def jitter(self) -> float:
+        """Relative random spread of new jobs' durations; settable at runtime."""
+        return self._config.jitter
+
+    @jitter.setter
+    def jitter(self, value: float) -> None:
+        if not 0 <= value < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        self._config.jitter = value
+
+    @property
+    def report_progress(self) -> bool:
+        """Whether job records carry ``progress``; settable at runtime."""
+        return self._config.report_progress
+
+    @report_progress.setter
+    def report_progress(self, value: bool) -> None:
+        self._config.report_progress = value
+
+    @property
     def running(self) -> bool:
         return bool(self._servers)
 
@@ -370,6 +399,11 @@ class Emulator:
         return self._state.log.count(
             method, path_prefix, job_id=job_id, status=status, origin="main"
         )
+
+    @property
+    def second_origin_requests(self) -> list[RecordedRequest]:
+        """Shorthand for ``second_origin.requests``."""
+        return self.second_origin.requests
 
     def clear_requests(self) -> None:
         """Forget the recorded requests of both origins."""

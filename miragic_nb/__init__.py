@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .client import Client
     from .images import GeneratedImage
     from .jobs import Job
+    from .panel import Panel
     from .request import GenerationRequest
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "JobTimeoutError",
     "MiragicError",
     "MissingAPIKeyError",
+    "Panel",
     "RateLimitError",
     "generate",
 ]
@@ -58,6 +60,7 @@ _LAZY = {
     "GeneratedImage": "images",
     "Job": "jobs",
     "GenerationRequest": "request",
+    "Panel": "panel",
 }
 
 _default_client: Client | None = None

@@ -717,6 +717,14 @@ def _embedded_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def embed_metadata(data: bytes, meta: dict[str, Any]) -> bytes:
+    """``data`` with ``meta`` embedded as the history does it (``read_embedded_metadata`` reads it).
+
+    A JPEG comment or a PNG iTXt chunk; other formats (or a failure) come back unchanged.
+    """
+    return _embed(data, meta)
+
+
 def _embed(data: bytes, meta: dict[str, Any]) -> bytes:
     """The image bytes with ``meta`` added as metadata; pixels are never re-encoded."""
     try:

@@ -1,0 +1,171 @@
+"""Run a blocking ``Client.run`` without blocking the event loop, with callbacks on the loop.
+
+The panel must never freeze the kernel, and every widget update must happen on the kernel's
+own thread (output routing from threads broke in ipykernel 7.0; see design.md). So a job runs
+as ``Client.run`` -- the same create / poll (``PollSchedule``) / download path the magic uses,
+history included -- in a worker thread, while an asyncio task on the caller's loop awaits it.
+The ``on_created`` and ``on_progress`` callbacks are handed back to that loop with
+``call_soon_threadsafe``, so the caller's code only ever runs on the loop's thread.
+
+Cancelling sets the ``threading.Event`` that ``Client.wait`` sleeps on, so polling stops at
+once (a status read already on the wire still completes); a job still queued for a worker
+never starts, and so never costs a credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .images import GeneratedImage
+    from .jobs import Job
+    from .request import GenerationRequest
+
+log = logging.getLogger("miragic_nb")
+
+#: Jobs one runner polls at the same time; more wait in line for a worker.
+MAX_CONCURRENT_JOBS = 4
+
+_T = TypeVar("_T")
+
+
+class CancelledBeforeStart(Exception):
+    """The job was cancelled before it was sent: nothing reached the server."""
+
+
+class Cancellation:
+    """The cancel switch of one job, which also knows whether the job had been sent.
+
+    ``event`` is what ``Client.wait`` sleeps on. Setting it and checking "was it sent?" happen
+    under one lock, so a cancel can say truthfully whether a credit may have been spent.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._sent = False
+
+    def cancel(self) -> bool:
+        """Pull the switch; returns True if the create request had already been sent."""
+        with self._lock:
+            self.event.set()
+            return self._sent
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.event.is_set()
+
+    def begin_send(self) -> bool:
+        """Called by the worker just before the create request: False if already cancelled."""
+        with self._lock:
+            if self.event.is_set():
+                return False
+            self._sent = True
+            return True
+
+
+class JobRunner:
+    """Runs ``Client.run`` calls in worker threads for coroutines on an event loop."""
+
+    def __init__(self, *, max_workers: int = MAX_CONCURRENT_JOBS) -> None:
+        self._max_workers = max_workers
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._workers: set[concurrent.futures.Future[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"JobRunner(max_workers={self._max_workers}, running={len(self._workers)})"
+
+    async def run(
+        self,
+        client: Client,
+        request: GenerationRequest,
+        *,
+        cancel: Cancellation,
+        on_created: Callable[[Job], None] | None = None,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> GeneratedImage:
+        """Create, poll and download one job; the callbacks run on the awaiting loop's thread.
+
+        Raises the client's errors, or ``CancelledBeforeStart`` when ``cancel`` was pulled
+        before the job was sent. Cancelling the awaiting task also unqueues a job not yet started.
+        """
+        loop = asyncio.get_running_loop()
+        created = _on_loop(loop, on_created)
+        progressed = _on_loop(loop, on_progress)
+
+        def work() -> GeneratedImage:
+            if not cancel.begin_send():
+                raise CancelledBeforeStart("cancelled before the job was sent")
+            return client.run(
+                request, on_created=created, on_progress=progressed, cancel=cancel.event
+            )
+
+        worker = self._submit(work)
+        return await asyncio.wrap_future(worker)
+
+    async def settle(self) -> None:
+        """Wait until no worker thread is running (e.g. after a cancel, before asserting)."""
+        while True:
+            with self._lock:
+                pending = [w for w in self._workers if not w.done()]
+            if not pending:
+                return
+            waiters = [asyncio.wrap_future(w) for w in pending]
+            await asyncio.wait(waiters)
+            for waiter in waiters:
+                # Their errors were reported by ``run``'s awaiter (or belong to a cancelled
+                # job); retrieving them keeps asyncio from logging "never retrieved".
+                waiter.exception()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(not w.done() for w in self._workers)
+
+    def shutdown(self) -> None:
+        """Stop taking jobs; queued ones are dropped, running ones end on their cancel event."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, work: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+        with self._lock:
+            if self._executor is None:
+                # Created on first use, not at import or construction: a panel that never
+                # generates starts no threads.
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._max_workers, thread_name_prefix="miragic-job"
+                )
+            worker = self._executor.submit(work)
+            self._workers.add(worker)
+        worker.add_done_callback(self._forget)
+        return worker
+
+    def _forget(self, worker: concurrent.futures.Future[_T]) -> None:
+        with self._lock:
+            self._workers.discard(worker)
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[Job], None] | None
+) -> Callable[[Job], None] | None:
+    """Wrap ``callback`` so a call from a worker thread runs it on ``loop``'s thread instead."""
+    if callback is None:
+        return None
+
+    def forward(job: Job) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, job)
+        except RuntimeError:
+            # The loop is closed (a script's asyncio.run ended): nobody is left to show it.
+            log.debug("dropped an update for job %s: its event loop is closed", job.id)
+
+    return forward

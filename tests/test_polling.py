@@ -1,12 +1,15 @@
-"""The poll schedule and Retry-After parsing: pure functions, no clock."""
+"""The poll schedule, the duration learner and Retry-After parsing: pure, no clock."""
 
 from __future__ import annotations
 
 import email.utils
+import itertools
+import math
+import random
 
 import pytest
 
-from miragic_nb.polling import PollSchedule, parse_retry_after
+from miragic_nb.polling import DurationEstimate, DurationLearner, PollSchedule, parse_retry_after
 
 
 def test_backoff_grows_to_the_cap_without_progress() -> None:
@@ -42,3 +45,188 @@ def test_retry_after_http_date() -> None:
     assert parse_retry_after(header, now=now) == pytest.approx(7.0)
     past = email.utils.formatdate(now - 60, usegmt=True)
     assert parse_retry_after(past, now=now) == 0.0
+
+
+# -- PollPlan: one wait, fed with simulated reads (no clock, no sockets) -------------------
+
+
+def simulate(
+    duration: float,
+    schedule: PollSchedule,
+    *,
+    expected: DurationEstimate | None = None,
+    progress: bool = True,
+    create_seconds: float = 0.004,
+    read_seconds: float = 0.002,
+) -> tuple[float, int]:
+    """Run a plan against a job that reports floor(100 * age / duration) percent.
+
+    Returns (how late the read that saw the job done came after its end, status reads made).
+    """
+    started = create_seconds * 0.6  # the job began during the create request
+    plan = schedule.plan(create_seconds=create_seconds, expected=expected)
+    now = create_seconds
+    now += plan.first_delay(elapsed=now)
+    reads = 0
+    while True:
+        now += read_seconds
+        reads += 1
+        age = now - started
+        if age >= duration:
+            return now - (started + duration), reads
+        percent = min(99, int(100 * age / duration)) if progress else None
+        now += plan.next_delay(elapsed=now, progress=percent)
+
+
+def test_fresh_job_is_first_read_after_the_initial_delay_a_resumed_one_at_once() -> None:
+    schedule = PollSchedule(initial_delay=0.3)
+    assert schedule.plan(create_seconds=0.01).first_delay(elapsed=0.01) == pytest.approx(0.29)
+    assert schedule.plan(create_seconds=None).first_delay(elapsed=0.0) == 0.0
+
+
+def test_linear_progress_sleeps_to_the_predicted_end() -> None:
+    schedule = PollSchedule(precision=0.2, end_margin=0.02)
+    plan = schedule.plan(create_seconds=0.01)
+    # 50% after 1 s: the job ends between ~1.95 s and 2.0 s, so read again just after 2.0 s.
+    assert plan.next_delay(elapsed=1.0, progress=50) == pytest.approx(1.02)
+    assert plan.due == pytest.approx(2.0)
+
+
+def test_a_vague_estimate_is_sharpened_by_a_read_well_before_the_end() -> None:
+    schedule = PollSchedule(precision=0.2, max_delay=60.0, refine_fraction=0.75)
+    plan = schedule.plan(create_seconds=0.01)
+    # 4% after 0.25 s: anywhere from ~5 s to 6.25 s; read again at 3/4 of the way to ~5 s.
+    low, high = 0.25 + 95 * 0.24 / 5, 0.25 + 96 * 0.25 / 4
+    delay = plan.next_delay(elapsed=0.25, progress=4)
+    assert plan.end_window() == pytest.approx((low, high))
+    assert delay == pytest.approx(0.75 * (low - 0.25))
+    assert plan.due is None
+
+
+@pytest.mark.parametrize("duration", [0.5, 0.8, 1.3, 2.0, 2.7, 3.5, 4.4, 5.2, 6.0])
+def test_progress_lands_just_after_the_end_with_few_reads(duration: float) -> None:
+    schedule = PollSchedule(initial_delay=0.25, precision=0.2, end_margin=0.02)
+    late, reads = simulate(duration, schedule)
+    baseline_reads = math.floor(duration / 2) + 2  # read at once, then every 2 s
+    assert late <= schedule.precision + schedule.end_margin + 0.01
+    assert reads <= min(3, baseline_reads)
+
+
+def test_queued_job_is_timed_from_when_its_progress_started() -> None:
+    schedule = PollSchedule(max_delay=60.0)
+    plan = schedule.plan(create_seconds=0.01)
+    plan.next_delay(elapsed=1.0, progress=0)  # queued
+    plan.next_delay(elapsed=2.0, progress=0)  # still queued
+    plan.next_delay(elapsed=3.0, progress=10)
+    window = plan.end_window()
+    assert window is not None
+    # Started between 2 s and 3 s: 10% in at most 1 s means at most ~10 s more, not ~27 s.
+    assert window[1] <= 3.0 + 90 * 1.0 / 9 + 1e-9
+    assert window[0] >= 3.0
+
+
+def test_inconsistent_progress_falls_back_to_the_newest_reading() -> None:
+    schedule = PollSchedule(max_delay=60.0)
+    plan = schedule.plan(create_seconds=0.01)
+    plan.next_delay(elapsed=1.0, progress=10)
+    plan.next_delay(elapsed=10.0, progress=20)  # slowed down sharply: lines disagree
+    window = plan.end_window()
+    assert window is not None
+    low, high = window
+    assert 10.0 <= low <= high
+
+
+def test_a_job_stuck_at_99_is_read_less_and_less_often() -> None:
+    schedule = PollSchedule(min_delay=0.01, precision=0.2, growth=1.5, max_delay=2.0)
+    plan = schedule.plan(create_seconds=0.01)
+    now = 1.0
+    delays = []
+    for _ in range(12):
+        delay = plan.next_delay(elapsed=now, progress=99)
+        delays.append(delay)
+        now += delay
+    tail = delays[1:]
+    assert all(later >= earlier for earlier, later in itertools.pairwise(tail))
+    assert min(tail) >= schedule.precision / 4
+    assert delays[-1] == schedule.max_delay
+
+
+def test_no_sleep_is_longer_than_max_delay() -> None:
+    schedule = PollSchedule(max_delay=1.5)
+    plan = schedule.plan(create_seconds=0.01, expected=DurationEstimate(20.0, 22.0))
+    assert plan.first_delay(elapsed=0.01) == 1.5
+    assert plan.next_delay(elapsed=0.2, progress=1) <= 1.5
+    assert schedule.plan().next_delay(elapsed=30.0, progress=None) <= 1.5
+
+
+def test_learned_duration_places_the_reads_in_its_window() -> None:
+    schedule = PollSchedule(min_delay=0.01, window_reads=3, end_margin=0.02)
+    expected = DurationEstimate(2.7, 3.3)
+    plan = schedule.plan(create_seconds=0.01, expected=expected)
+    assert plan.first_delay(elapsed=0.01) == pytest.approx(2.69)
+    step = (3.31 - 2.7) / 3
+    assert plan.next_delay(elapsed=2.7, progress=None) == pytest.approx(step)
+    # The last read in the window lands just after its end, then the wait backs off.
+    assert plan.next_delay(elapsed=3.2, progress=None) == pytest.approx(3.33 - 3.2)
+    after = [plan.next_delay(elapsed=3.4 + n, progress=None) for n in range(3)]
+    assert after[0] >= step
+    assert after[0] < after[1] < after[2]
+
+
+def test_learned_duration_beats_a_2s_loop_without_progress() -> None:
+    schedule = PollSchedule(initial_delay=0.25, min_delay=0.05)
+    learner = DurationLearner()
+    rng = random.Random(6)
+    late_total = reads_total = baseline_reads = 0.0
+    for _ in range(10):
+        duration = 3.0 * rng.uniform(0.9, 1.1)
+        expected = learner.estimate("flux", 1024, 1024)
+        late, reads = simulate(duration, schedule, expected=expected, progress=False)
+        learner.observe("flux", 1024, 1024, duration)
+        late_total += late
+        reads_total += reads
+        baseline_reads += math.floor(duration / 2) + 2
+    assert late_total / 10 < 0.3  # a 2 s loop is ~1 s late on average
+    assert reads_total <= 1.5 * baseline_reads
+
+
+# -- DurationLearner -------------------------------------------------------------------------
+
+
+def test_learner_knows_nothing_before_a_job_of_that_kind() -> None:
+    learner = DurationLearner()
+    learner.observe("flux", 1024, 1024, 3.0)
+    assert learner.estimate("turbo", 1024, 1024) is None
+    assert learner.estimate("flux", 512, 512) is None
+
+
+def test_learner_spans_recent_durations_with_a_margin() -> None:
+    learner = DurationLearner(window=3, tolerance=0.05, single_tolerance=0.15)
+    learner.observe("Flux", 1024, 768, 4.0)
+    assert learner.estimate("flux", 1024, 768) == DurationEstimate(3.4, 4.6, 1)
+    for seconds in (5.0, 4.5, 4.2):  # the 4.0 s job falls out of the window of three
+        learner.observe("flux", 1024, 768, seconds)
+    estimate = learner.estimate("flux", 1024, 768)
+    assert estimate is not None
+    assert (estimate.low, estimate.high, estimate.samples) == pytest.approx((3.99, 5.25, 3))
+
+
+def test_learner_ignores_nonsense_durations() -> None:
+    learner = DurationLearner()
+    for bad in (-1.0, math.nan, math.inf):
+        learner.observe("flux", 1024, 1024, bad)
+    assert learner.estimate("flux", 1024, 1024) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_delay": 0.0},
+        {"min_delay": 2.0, "max_delay": 1.0},
+        {"growth": 0.5},
+        {"window_reads": 0},
+    ],
+)
+def test_schedule_refuses_nonsense_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="need"):
+        PollSchedule(**kwargs)  # type: ignore[arg-type]

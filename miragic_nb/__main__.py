@@ -1,0 +1,104 @@
+"""``python -m miragic_nb demo``: run the quickstart notebook headless and save the results.
+
+Usage::
+
+    python -m miragic_nb demo [--output DIR] [--notebook NAME] [--timeout SECONDS]
+
+With no ``MIRAGIC_API_KEY`` the notebook runs on the built-in emulator (no network, no
+credits); with a key it calls the real API. The executed ``.ipynb`` and an ``.html`` rendering
+are written to ``DIR`` (default ``./miragic-demo``) and their paths printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import demo
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m miragic_nb",
+        description="miragic-nb command line: run the bundled notebooks headless.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "demo",
+        help="execute a bundled notebook in a real kernel; write the .ipynb and .html",
+        description=(
+            "Execute a bundled notebook (default: quickstart) in a python3 kernel and write the "
+            "executed notebook and an HTML rendering. Without MIRAGIC_API_KEY it runs on the "
+            "built-in emulator."
+        ),
+    )
+    run.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=demo.DEFAULT_OUTPUT_DIR,
+        metavar="DIR",
+        help="where to write the results (default: ./miragic-demo)",
+    )
+    run.add_argument(
+        "--notebook",
+        "-n",
+        default=demo.DEFAULT_NOTEBOOK,
+        metavar="NAME",
+        help="which bundled notebook to run (default: quickstart; --list shows them all)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=demo.DEFAULT_CELL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"longest a single cell may run (default: {demo.DEFAULT_CELL_TIMEOUT_S:g})",
+    )
+    run.add_argument("--list", action="store_true", help="list the bundled notebooks and exit")
+    return parser
+
+
+def _print_progress(number: int, total: int, first_line: str) -> None:
+    shown = first_line if len(first_line) <= 60 else first_line[:59] + "…"
+    print(f"  [{number}/{total}] {shown}", file=sys.stderr, flush=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.list:
+        for name in demo.available_notebooks():
+            print(name)
+        return 0
+    if args.timeout <= 0:
+        print("error: --timeout must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        source = demo.find_notebook(args.notebook)
+        print(
+            f"Running {source.name} on {demo.describe_target(os.environ)} ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = demo.run_notebook(
+            source, args.output, cell_timeout=args.timeout, on_cell=_print_progress
+        )
+    except (demo.DemoError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Done: {result.image_outputs} images.")
+    print(f"  notebook: {result.notebook}")
+    print(f"  html:     {result.html}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return 2  # argparse rejects unknown commands before this
+
+
+if __name__ == "__main__":
+    sys.exit(main())

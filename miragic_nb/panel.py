@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from PIL import Image
 
-from .errors import InvalidRequestError, MiragicError, body_excerpt
+from .errors import InvalidRequestError, MiragicError
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
 from .runner import Cancellation, CancelledBeforeStart, JobRunner
@@ -747,8 +747,11 @@ def _excerpt(text: str, limit: int) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """A server or client error as one short line (a proxy's HTML page must not flood it)."""
-    return body_excerpt(str(exc), limit=240) or type(exc).__name__
+    """An error as one short line of text (the client has already cut response bodies short).
+
+    Markup in it is kept as text, to be escaped, not stripped: it may be what went wrong.
+    """
+    return _excerpt(str(exc), 240) or type(exc).__name__
 
 
 def _cancel_message(job_id: str) -> str:

@@ -35,9 +35,16 @@ from .errors import (
     body_excerpt,
     message_from_body,
 )
+from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
 from .images import MAX_PIXELS, GeneratedImage
 from .jobs import Job
-from .polling import PollSchedule, parse_retry_after
+from .polling import (
+    DurationLearner,
+    PollSchedule,
+    RecentSubmissions,
+    Submission,
+    parse_retry_after,
+)
 from .request import GenerationRequest
 
 log = logging.getLogger("miragic_nb")
@@ -162,11 +169,19 @@ class Client:
         poll_schedule: PollSchedule | None = None,
         max_download_bytes: int = MAX_DOWNLOAD_BYTES,
         max_pixels: int = MAX_PIXELS,
+        durations: DurationLearner | None = None,
+        history: History | bool = True,
     ) -> None:
         self.base_url = config.base_url_from_env(base_url)
+        #: Where job ids and results are recorded (``True``: ``MIRAGIC_HOME`` / platform dir).
+        self.history: History | None = History() if history is True else history or None
         self._api_key = config.api_key_from_env(api_key)
         self.timeout = timeout
         self.poll_schedule = poll_schedule or PollSchedule()
+        # How long earlier jobs took per model and size, to time status reads (share one
+        # learner between clients to pool what they saw).
+        self.durations = durations if durations is not None else DurationLearner()
+        self._submissions = RecentSubmissions()
         self.max_download_bytes = max_download_bytes
         self.max_pixels = max_pixels
         self._timing = _Timing(connect_timeout, read_timeout)
@@ -243,7 +258,9 @@ class Client:
         self._require_key()
         # multipart/form-data like the reference's curl examples (contract decision 1).
         files = {name: (None, value) for name, value in request.form_fields().items()}
+        sent_at = time.monotonic()
         body = self._send("POST", self.base_url + CREATE_PATH, files=files)
+        create_seconds = time.monotonic() - sent_at
         data = body.get("data")
         if not isinstance(data, dict):
             raise APIError("create answer has no 'data' object", status_code=200)
@@ -252,6 +269,10 @@ class Client:
         except ValueError:
             raise APIError("create answer has no jobId", status_code=200) from None
         log.info("created job %s (model=%s)", job.id, request.model)
+        self._submissions.add(
+            job.id,
+            Submission(request.model, request.width, request.height, sent_at, create_seconds),
+        )
         return job
 
     def get_job(self, job_id: str) -> Job:
@@ -313,14 +334,38 @@ class Client:
     ) -> Iterator[Job]:
         """Yield each status read of a job, sleeping between reads per ``poll_schedule``.
 
-        Ends when the job is finished (after yielding it), at the deadline, or on ``cancel``.
+        A job this client just created is first read near its expected end: from the
+        server's progress once it reports some, else from how long earlier jobs of the same
+        model and size took (``durations``). A job resumed by id is read at once. Ends when
+        the job is finished (after yielding it), at the deadline, or on ``cancel``.
         """
         start = time.monotonic()
-        polls = 0
+        submission = self._submissions.pop(job_id)
+        if submission is None:
+            zero = start
+            plan = self.poll_schedule.plan()
+        else:
+            zero = submission.sent_at
+            plan = self.poll_schedule.plan(
+                create_seconds=submission.create_seconds,
+                expected=self.durations.estimate(*submission.kind),
+            )
+
+        def pause(seconds: float) -> bool:
+            """Sleep up to the deadline; True when the wait should end instead."""
+            remaining = timeout - (time.monotonic() - start)
+            if remaining <= 0:
+                return True
+            if cancel is not None:
+                return cancel.wait(min(seconds, remaining))
+            time.sleep(min(seconds, remaining))
+            return False
+
+        first = plan.first_delay(elapsed=start - zero)
+        if first > 0 and pause(first):
+            return
         failures = 0
-        progress: float | None = None
         while True:
-            elapsed = time.monotonic() - start
             delay: float
             try:
                 job = self.get_job(job_id)
@@ -332,24 +377,28 @@ class Client:
                 retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
                 delay = retry_after or min(0.5 * 2**failures, self.poll_schedule.max_delay)
             else:
-                polls += 1
                 failures = 0
-                progress = job.progress
+                if job.is_completed:
+                    self._learn_duration(job, submission)
                 yield job
                 if job.is_finished:
                     return
-                elapsed = time.monotonic() - start
-                delay = self.poll_schedule.next_delay(
-                    elapsed=elapsed, polls=polls, progress=progress
-                )
-            remaining = timeout - (time.monotonic() - start)
-            if remaining <= 0:
+                delay = plan.next_delay(elapsed=time.monotonic() - zero, progress=job.progress)
+            if pause(delay):
                 return
-            if cancel is not None:
-                if cancel.wait(min(delay, remaining)):
-                    return
-            else:
-                time.sleep(min(delay, remaining))
+
+    def _learn_duration(self, job: Job, submission: Submission | None) -> None:
+        """Feed a completed job's server-side duration to ``durations``."""
+        seconds = job.processing_seconds
+        if seconds is None:
+            return
+        if submission is not None:
+            self.durations.observe(*submission.kind, seconds)
+            return
+        params = job.parameters
+        width, height = params.get("width", ""), params.get("height", "")
+        if params.get("model") and width.isdigit() and height.isdigit():
+            self.durations.observe(params["model"], int(width), int(height), seconds)
 
     def download(self, job: Job) -> tuple[bytes, Job]:
         """Fetch a completed job's image bytes; returns them with the job they came from.
@@ -388,11 +437,14 @@ class Client:
         nologo: bool | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        reuse: bool = True,
     ) -> GeneratedImage:
         """Create a job, wait for it, download and decode the image.
 
         The result is a ``PIL.Image.Image`` (``GeneratedImage``) whose ``info["miragic"]``
-        says how it was made and whose ``original_bytes`` are the server's own.
+        says how it was made and whose ``original_bytes`` are the server's own. With an
+        explicit ``seed``, a saved result of the very same request is returned without a new
+        job (``reuse=False`` forces one).
         """
         request = GenerationRequest(
             prompt,
@@ -406,7 +458,7 @@ class Client:
             private=private,
             nologo=nologo,
         )
-        return self.run(request, timeout=timeout, on_progress=on_progress)
+        return self.run(request, timeout=timeout, on_progress=on_progress, reuse=reuse)
 
     def run(
         self,
@@ -416,10 +468,17 @@ class Client:
         on_progress: ProgressCallback | None = None,
         on_created: Callable[[Job], None] | None = None,
         cancel: threading.Event | None = None,
+        reuse: bool = True,
     ) -> GeneratedImage:
         """``generate`` for a ready ``GenerationRequest``; ``on_created`` sees the job id first."""
         started = time.monotonic()
+        if reuse and self.history is not None:
+            saved = self.history.reuse(request, base_url=self.base_url)
+            if saved is not None:
+                log.info("reused job %s from history", saved.metadata.get("job_id"))
+                return saved
         job = self.submit(request)
+        self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
         if on_created is not None:
             on_created(job)
         try:
@@ -433,6 +492,9 @@ class Client:
             )
         except MiragicError as exc:
             exc.job_id = exc.job_id or job.id
+            raise
+        except KeyboardInterrupt:
+            self._record(lambda h: h.record_status(job.id, CANCELLED))
             raise
 
     def finish(
@@ -450,20 +512,33 @@ class Client:
         ``request`` supplies the metadata; without it, the server's recorded parameters do.
         """
         started = time.monotonic() if started is None else started
-        done = self.wait(job, timeout=timeout, on_progress=on_progress, cancel=cancel)
-        data, done = self.download(done)
-        metadata = self._metadata(done, request, elapsed=time.monotonic() - started)
+        job_id = job.id if isinstance(job, Job) else job
         try:
+            done = self.wait(job, timeout=timeout, on_progress=on_progress, cancel=cancel)
+            data, done = self.download(done)
+            metadata = self._metadata(done, request, elapsed=time.monotonic() - started)
             image = GeneratedImage.from_bytes(data, metadata, max_pixels=self.max_pixels)
-        except DownloadError as exc:
-            exc.job_id = done.id
+        except MiragicError as exc:
+            exc.job_id = exc.job_id or job_id
+            status, message = _final_status(exc, cancel)
+            self._record(lambda h: h.record_status(job_id, status, error_message=message))
             raise
         if image.size != (metadata["width"], metadata["height"]):
             image.info["miragic"]["size_mismatch"] = True
         image.info["miragic"]["image_size"] = list(image.size)
+        self._record(lambda h: h.record_result(image))
         return image
 
     # -- plumbing --------------------------------------------------------------------------
+
+    def _record(self, write: Callable[[History], object]) -> None:
+        """Write to the history; a disk problem is logged, never allowed to lose the job."""
+        if self.history is None:
+            return
+        try:
+            write(self.history)
+        except OSError as exc:
+            log.warning("could not write the job history in %s: %s", self.history.home, exc)
 
     def _require_key(self) -> None:
         if self._api_key is None:
@@ -617,6 +692,15 @@ def _parse_json(response: requests.Response, *, job_id: str | None) -> dict[str,
     if body.get("success") is False:
         raise APIError(f"the API reported failure: {message}", status_code=status, job_id=job_id)
     return body
+
+
+def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[str, str | None]:
+    """The history status (and message) for a wait that ended in ``exc``."""
+    if isinstance(exc, JobFailedError):
+        return FAILED, exc.server_message
+    if isinstance(exc, JobTimeoutError):
+        return (CANCELLED if cancel is not None and cancel.is_set() else TIMEOUT), None
+    return ERROR, str(exc)
 
 
 def _request_from_job(job: Job) -> GenerationRequest:

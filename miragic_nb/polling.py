@@ -282,6 +282,42 @@ class DurationLearner:
         return f"DurationLearner({kinds} kinds of job seen)"
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What a client knows about a job it just created, for planning the wait on it."""
+
+    model: str
+    width: int
+    height: int
+    #: The caller's monotonic clock when the create request was sent (the plan's zero).
+    sent_at: float
+    #: How long the create request took: the job began somewhere in that interval.
+    create_seconds: float
+
+    @property
+    def kind(self) -> ModelSize:
+        return (self.model, self.width, self.height)
+
+
+class RecentSubmissions:
+    """Thread-safe ``job id -> Submission`` for jobs not yet waited on, oldest dropped first."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._items: dict[str, Submission] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job_id: str, submission: Submission) -> None:
+        with self._lock:
+            self._items[job_id] = submission
+            while len(self._items) > self.limit:
+                del self._items[next(iter(self._items))]
+
+    def pop(self, job_id: str) -> Submission | None:
+        with self._lock:
+            return self._items.pop(job_id, None)
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
     if value is None or not value.strip():

@@ -492,6 +492,15 @@ def test_stop_frees_the_port_and_ends_idle_connections(http: requests.Session) -
         http.post(url + CREATE, data=form(), timeout=5)
 
 
+def test_restart_after_stop_serves_again(http: requests.Session) -> None:
+    emu = Emulator(api_key=KEY, job_seconds=0.05)
+    with emu:
+        create(emu, http)
+    with emu:  # a fresh start: new ports, no old jobs, same fault settings object
+        assert emu.jobs == {}
+        assert wait_done(emu, http, create(emu, http))["status"] == "COMPLETED"
+
+
 # ---------------------------------------------------------------- CLI
 
 

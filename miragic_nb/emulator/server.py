@@ -76,7 +76,9 @@ class _Handler(WSGIRequestHandler):
             # SO_LINGER with a zero timeout turns close() into an abortive close: the peer
             # gets a RST instead of a FIN. close() only marks the socket; the real close
             # (and the RST) happens when super().finish() closes the handler's file objects.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                linger = struct.pack("ii", 1, 0)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             self.connection.close()
         try:
             super().finish()

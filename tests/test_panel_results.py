@@ -1,0 +1,204 @@
+"""The panel's results: gallery and selection, "Use as input" chains, Save, and where the key is
+(nowhere in a widget), plus the built-in emulator fallback when no key is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import ipywidgets as widgets
+import pytest
+from PIL import Image
+
+from miragic_nb import builtin
+from miragic_nb.client import Client
+from miragic_nb.emulator import Emulator
+from miragic_nb.history import read_embedded_metadata
+from miragic_nb.panel import Panel
+from tests.panel_fixtures import CREATE, panel, trait_text, widget_tree
+
+__all__ = ["panel"]  # the fixture, used by name
+
+
+def generate(panel: Panel, prompt: str) -> None:
+    panel.prompt.value = prompt
+
+    async def scenario() -> None:
+        panel.generate_button.click()
+        await panel.wait()
+
+    asyncio.run(scenario())
+    assert panel.history[0].state == "completed", panel.status.value
+
+
+def test_gallery_is_newest_first_and_a_thumbnail_selects_its_result(panel: Panel) -> None:
+    generate(panel, "first")
+    generate(panel, "second")
+    first, second = panel.images[1], panel.images[0]
+    assert [c.result for c in panel.cards] == [second, first]
+    assert panel.image is second  # a new result is shown at once
+
+    panel.cards[1].select_button.click()
+    assert panel.image is first
+    assert panel.result_image.value == first.original_bytes
+    assert "first" in panel.result_caption.value
+    assert "solid" in panel.cards[1].layout.border
+    assert "transparent" in panel.cards[0].layout.border
+    # Thumbnails are small JPEGs, made once per result.
+    thumb = Image.open(io.BytesIO(panel.cards[1].thumbnail.value))
+    assert thumb.format == "JPEG"
+    assert max(thumb.size) == 160
+
+
+def test_use_as_input_chains_an_image_to_image_kontext_job(
+    panel: Panel, emulator: Emulator
+) -> None:
+    generate(panel, "a red bicycle")
+    source = panel.image
+    assert source is not None
+    source_url = source.metadata["result_url"]
+
+    panel.cards[0].use_button.click()
+    assert panel.model.value == "kontext"
+    assert panel.image_url.value == source_url
+    assert panel.image_url.disabled is False
+
+    generate(panel, "make it blue")
+    edited = panel.image
+    assert edited is not None
+    assert edited is not source
+    assert edited.metadata["model"] == "kontext"
+    assert edited.metadata["image_url"] == source_url
+    server_job = emulator.jobs[str(edited.metadata["job_id"])]
+    assert server_job.form["image_url"] == source_url
+    assert server_job.form["model"] == "kontext"
+    assert emulator.count("POST", CREATE) == 2
+
+
+def test_use_as_input_button_acts_on_the_selected_result(panel: Panel) -> None:
+    assert panel.use_as_input_button.disabled is True
+    generate(panel, "one")
+    generate(panel, "two")
+    panel.cards[1].select_button.click()
+    panel.use_as_input_button.click()
+    assert panel.image_url.value == panel.images[1].metadata["result_url"]
+
+
+def test_save_writes_the_original_bytes_with_prompt_and_parameters(
+    panel: Panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel.seed.value = "11"
+    generate(panel, "a saved picture")
+    image = panel.image
+    assert image is not None
+
+    panel.save_path.value = str(tmp_path / "keep")
+    panel.save_button.click()
+    saved = tmp_path / "keep.jpg"
+    assert saved.is_file()
+    assert str(saved) in panel.status.value
+    data = saved.read_bytes()
+    meta = read_embedded_metadata(data)
+    assert meta is not None
+    assert (meta["prompt"], meta["seed"], meta["model"]) == ("a saved picture", 11, "flux")
+    assert meta["job_id"] == image.metadata["job_id"]
+    # The server's bytes plus a comment segment: same pixels, no re-encode.
+    assert len(data) > len(image.original_bytes)
+    assert Image.open(saved).tobytes() == Image.open(io.BytesIO(image.original_bytes)).tobytes()
+
+    # A card's Save with a blank path writes miragic-<job>.jpg in the current directory.
+    monkeypatch.chdir(tmp_path)
+    panel.save_path.value = ""
+    panel.cards[0].save_button.click()
+    assert (tmp_path / f"miragic-{image.metadata['job_id']}.jpg").is_file()
+
+    # A folder gets the default name inside it.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert panel.save(path=folder) == folder / f"miragic-{image.metadata['job_id']}.jpg"
+
+
+def test_save_into_a_missing_place_says_why_in_the_status(panel: Panel, tmp_path: Path) -> None:
+    generate(panel, "nowhere to go")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    panel.save_path.value = str(blocker / "inside.jpg")
+    panel.save_button.click()
+    assert "✗" in panel.status.value
+    assert not (blocker / "inside.jpg").exists()
+
+
+def test_no_widget_trait_holds_the_api_key(emulator: Emulator) -> None:
+    secret = "sk-panel-secret-5b0c2f7e91"
+    with (
+        Emulator(api_key=secret, job_seconds=0.2) as keyed,
+        Client(api_key=secret, base_url=keyed.url) as client,
+    ):
+        panel = Panel(client)
+        generate(panel, "key hunt")
+        everything = trait_text(panel)
+        # The walk reaches the result image bytes and the gallery, so it could see a key ...
+        assert panel.image is not None
+        assert any(isinstance(w, widgets.Image) and w.value for w in widget_tree(panel))
+        assert str(panel.image.metadata["job_id"]) in everything
+        assert secret not in everything
+        assert secret not in repr(panel)
+        # ... and it does see one typed into a field.
+        panel.seed.value = secret
+        assert secret in trait_text(panel)
+        panel.close()
+
+
+@pytest.fixture
+def builtin_fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    builtin.reset()
+    yield
+    builtin.reset()
+
+
+def test_without_a_key_the_panel_uses_the_builtin_emulator_and_says_so(
+    builtin_fallback: None,
+) -> None:
+    panel = Panel()
+    assert panel.is_emulator
+    assert "offline emulator" in panel.header.value
+    assert "%miragic login" in panel.header.value
+    emulator = builtin.builtin_emulator_running()
+    assert emulator is not None
+    emulator.job_seconds = 0.2
+    generate(panel, "offline")
+    assert panel.image is not None
+    assert panel.image.metadata.get("emulator") is True
+    assert "emulator" in panel.result_caption.value
+    panel.close()
+
+
+def test_with_a_key_in_the_environment_there_is_no_emulator_notice(
+    builtin_fallback: None, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
+    monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
+    panel = Panel()
+    assert not panel.is_emulator
+    assert "emulator" not in panel.header.value
+    panel.prompt.value = "configured"
+    job = panel.generate()  # no running loop: runs to the end
+    assert job is not None
+    assert job.job_id in emulator.jobs
+    assert builtin.builtin_emulator_running() is None
+    panel.close()
+
+
+def test_without_a_key_and_without_the_fallback_generate_says_how_to_get_one(
+    builtin_fallback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIRAGIC_OFFLINE_FALLBACK", "0")
+    panel = Panel()
+    assert "MIRAGIC_API_KEY" in panel.status.value
+    panel.prompt.value = "no key"
+    assert panel.generate() is None
+    assert "%miragic login" in panel.status.value
+    assert panel.history == []
+    panel.close()

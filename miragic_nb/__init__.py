@@ -24,6 +24,10 @@ from .errors import (
     RateLimitError,
 )
 
+# Bound eagerly: once the submodule is imported anywhere, Python would otherwise set the package
+# attribute ``history`` to the module, and ``miragic_nb.history()`` would stop being callable.
+from .history import History, history
+
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -43,6 +47,7 @@ __all__ = [
     "DownloadError",
     "GeneratedImage",
     "GenerationRequest",
+    "History",
     "InvalidRequestError",
     "Job",
     "JobFailedError",
@@ -52,6 +57,7 @@ __all__ = [
     "Panel",
     "RateLimitError",
     "generate",
+    "history",
 ]
 
 # Public names that live in modules with heavy imports, loaded on first attribute access.

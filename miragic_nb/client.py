@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -56,6 +57,8 @@ MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 #: Longest ``Retry-After`` honoured by sleeping inside one call.
 MAX_RETRY_AFTER_S = 30.0
 _CHUNK = 256 * 1024
+#: Tries for a result download whose connection breaks mid-body.
+DOWNLOAD_ATTEMPTS = 3
 
 ProgressCallback = Callable[[Job], None]
 
@@ -410,7 +413,7 @@ class Client:
                 "the completed job has no result URL", status_code=200, job_id=job.id
             )
         try:
-            return self._fetch(job.result_url, job_id=job.id), job
+            return self._fetch_with_retries(job.result_url, job_id=job.id), job
         except DownloadError as exc:
             if exc.status_code not in (403, 404, 410):
                 raise
@@ -420,7 +423,20 @@ class Client:
             raise DownloadError(
                 "the job has no result URL any more", status_code=200, job_id=job.id
             )
-        return self._fetch(fresh.result_url, job_id=job.id), fresh
+        return self._fetch_with_retries(fresh.result_url, job_id=job.id), fresh
+
+    def _fetch_with_retries(self, url: str, *, job_id: str) -> bytes:
+        # urllib3 retries a GET only until the headers arrive; a body cut mid-way is retried
+        # here (the download is idempotent and the job is already paid for).
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                return self._fetch(url, job_id=job_id)
+            except DownloadError as exc:
+                if exc.status_code != 0 or attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise
+                log.info("download of job %s failed (%s); retrying", job_id, exc)
+                time.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def generate(
         self,
@@ -580,13 +596,13 @@ class Client:
             response = self._session.request(
                 method, url, timeout=self._timing.as_tuple(), allow_redirects=False, **kwargs
             )
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if _is_read_timeout(exc):
+                raise APIConnectionError(
+                    f"{self.base_url} did not answer within {self._timing.read:g}s", job_id=job_id
+                ) from None
             raise APIConnectionError(
                 f"could not reach {self.base_url}: {_reason(exc)}", job_id=job_id
-            ) from None
-        except requests.Timeout:
-            raise APIConnectionError(
-                f"{self.base_url} did not answer within {self._timing.read:g}s", job_id=job_id
             ) from None
         except requests.RequestException as exc:
             raise APIConnectionError(
@@ -646,6 +662,14 @@ class Client:
                 job_id=job_id,
             )
         return data
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """requests reports an exhausted urllib3 read timeout as a ConnectionError; find it."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
 
 
 def _reason(exc: BaseException) -> str:

@@ -123,7 +123,10 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except DownloadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DownloadError(f"refused a decompression bomb: {exc}", status_code=200) from None
+        raise DownloadError(
+            f"the result looks like a decompression bomb; refused before decoding ({exc})",
+            status_code=200,
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         kind = _sniff(data)
         raise DownloadError(

@@ -18,7 +18,7 @@ import platformdirs
 import pytest
 from PIL import Image
 
-from miragic_nb import history as history_module
+import miragic_nb
 from miragic_nb.client import Client
 from miragic_nb.history import (
     CANCELLED,
@@ -638,13 +638,13 @@ def test_env_home_is_used_for_writing_and_created_only_on_first_write(
     assert store.records() == []
     assert store.get("x") is None
     assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
-    assert history_module.history() == []
+    assert miragic_nb.history() == []
     assert not (tmp_path / "lazy").exists()
 
     store.record_created("job-e", GenerationRequest("env"), base_url=BASE)
     assert (home / "jobs" / "job-e.json").is_file()
-    assert [r.job_id for r in history_module.history()] == ["job-e"]
-    assert [r.job_id for r in history_module.history(tmp_path / "elsewhere")] == []
+    assert [r.job_id for r in miragic_nb.history()] == ["job-e"]
+    assert [r.job_id for r in miragic_nb.history(tmp_path / "elsewhere")] == []
 
 
 def test_the_api_key_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,420 @@
+"""The client against the emulator, over real loopback sockets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from PIL import Image
+
+from miragic_nb import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    Client,
+    DownloadError,
+    GeneratedImage,
+    InvalidRequestError,
+    Job,
+    JobFailedError,
+    JobTimeoutError,
+    MissingAPIKeyError,
+)
+from miragic_nb.emulator import Emulator, Fault
+from tests.conftest import FAST_POLLS
+
+CREATE = "/api/v1/image/generate"
+STATUS = "/api/v1/image/jobs/"
+
+
+def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
+    """Poll a condition the server reaches asynchronously (not a timing assertion)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def posts(emulator: Emulator) -> int:
+    return emulator.count("POST", CREATE)
+
+
+def test_text_to_image(client: Client, emulator: Emulator) -> None:
+    seen: list[Job] = []
+    image = client.generate(
+        "A lighthouse on a cliff at dusk",
+        model="turbo",
+        width=640,
+        height=384,
+        seed=7,
+        on_progress=seen.append,
+    )
+    assert isinstance(image, Image.Image)
+    assert isinstance(image, GeneratedImage)
+    assert image.size == (640, 384)
+    meta = image.info["miragic"]
+    assert meta["prompt"] == "A lighthouse on a cliff at dusk"
+    assert (meta["model"], meta["width"], meta["height"], meta["seed"]) == ("turbo", 640, 384, 7)
+    assert meta["image_url"] is None
+    assert meta["result_url"].startswith(emulator.url + "/uploads/image-generation/processed/")
+    assert meta["credits_used"] == 1
+    assert meta["elapsed_s"] > 0
+    job_id = meta["job_id"]
+    # The original bytes are exactly what the server rendered.
+    assert image.original_bytes == emulator.jobs[job_id].result_bytes
+    assert image.format == "JPEG"
+    # One create, and on_progress saw every status read, ending completed.
+    assert posts(emulator) == 1
+    assert len(seen) == emulator.count("GET", STATUS, job_id=job_id)
+    assert seen[-1].is_completed
+    assert all(job.id == job_id for job in seen)
+
+
+def test_form_is_multipart_with_only_set_fields(client: Client, emulator: Emulator) -> None:
+    client.create_job("a cat", model="flux", width=512, height=512, enhance=True)
+    (create,) = [r for r in emulator.requests if r.method == "POST"]
+    assert create.headers["Content-Type"].startswith("multipart/form-data")
+    assert create.form == {
+        "prompt": "a cat",
+        "model": "flux",
+        "width": "512",
+        "height": "512",
+        "enhance": "true",
+    }
+    assert create.headers["X-API-Key"] == emulator.api_key
+
+
+def test_image_to_image_with_kontext(client: Client, emulator: Emulator) -> None:
+    first = client.generate("a red barn", width=512, height=512, seed=1)
+    url = first.info["miragic"]["result_url"]
+    second = client.generate(
+        "the same barn in winter", model="kontext", image_url=url, width=512, height=512, seed=1
+    )
+    assert second.info["miragic"]["image_url"] == url
+    assert second.info["miragic"]["model"] == "kontext"
+    assert second.original_bytes != first.original_bytes
+    job = client.get_job(second.info["miragic"]["job_id"])
+    assert job.parameters["image_url"] == url
+    assert job.raw["metadata"]["has_input_image"] is True
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prompt": "  "}, "prompt must be a non-empty string"),
+        ({"model": "sdxl"}, "choose one of: flux, turbo, gptimage, kontext"),
+        ({"width": 100}, "256 to 2048"),
+        ({"height": 4096}, "256 to 2048"),
+        ({"width": "wide"}, "integer from 256 to 2048"),
+        ({"image_url": "https://example.com/a.jpg"}, "only with model 'kontext'"),
+        ({"model": "kontext", "image_url": "ftp://example.com/a.jpg"}, "http(s) URL"),
+        ({"seed": -1}, "non-negative integer"),
+    ],
+)
+def test_invalid_input_sends_nothing(
+    client: Client, emulator: Emulator, options: dict[str, object], message: str
+) -> None:
+    prompt = options.pop("prompt", "a cat")
+    with pytest.raises(InvalidRequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        client.generate(prompt, **options)  # type: ignore[arg-type]
+    assert emulator.requests == []
+
+
+def test_missing_key_is_refused_before_any_request(emulator: Emulator) -> None:
+    with Client(base_url=emulator.url) as client:
+        assert repr(client) == f"Client(base_url={emulator.url!r}, api_key=not set)"
+        with pytest.raises(MissingAPIKeyError, match="MIRAGIC_API_KEY"):
+            client.generate("a cat")
+        with pytest.raises(MissingAPIKeyError):
+            client.get_job("some-job")
+    assert emulator.requests == []
+
+
+def test_key_from_environment(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
+    monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
+    with Client(poll_schedule=FAST_POLLS) as client:
+        assert client.base_url == emulator.url
+        assert client.create_job("a cat").status == "PENDING"
+
+
+def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
+    with Client(api_key="wrong-key-abcdef", base_url=emulator.url) as client:
+        with pytest.raises(AuthenticationError, match="401") as info:
+            client.generate("a cat")
+    assert "wrong-key-abcdef" not in str(info.value)
+    assert "wrong-key-abcdef" not in repr(client)
+    assert posts(emulator) == 1
+
+
+def test_failed_job_carries_id_and_server_message(client: Client, emulator: Emulator) -> None:
+    emulator.faults.force_failure = True
+    emulator.faults.failure_message = "NSFW content detected"
+    with pytest.raises(JobFailedError, match="NSFW content detected") as info:
+        client.generate("a cat")
+    assert info.value.job_id in emulator.jobs
+    assert info.value.server_message == "NSFW content detected"
+    assert posts(emulator) == 1
+
+
+def test_timeout_keeps_the_job_id(client: Client, emulator: Emulator) -> None:
+    emulator.faults.never_finish = True
+    with pytest.raises(JobTimeoutError) as info:
+        client.generate("a cat", timeout=0.5)
+    error = info.value
+    assert isinstance(error, TimeoutError)
+    assert error.job_id in emulator.jobs
+    assert f"client.wait({error.job_id!r})" in str(error)
+    assert posts(emulator) == 1
+
+
+def test_wait_resumes_an_existing_job_without_creating_one(
+    client: Client, emulator: Emulator
+) -> None:
+    job = client.create_job("a cat", seed=3)
+    image = client.finish(job.id)
+    assert posts(emulator) == 1
+    # Metadata comes from what the server recorded.
+    assert image.info["miragic"]["prompt"] == "a cat"
+    assert image.info["miragic"]["seed"] == 3
+    assert client.wait(job.id).is_completed
+
+
+def test_progress_is_reported_while_pending(emulator: Emulator) -> None:
+    emulator.job_seconds = 1.0
+    with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS) as client:
+        seen: list[Job] = []
+        client.wait(client.create_job("a cat"), on_progress=seen.append)
+    pending = [job.progress for job in seen if not job.is_finished]
+    assert pending, "expected status reads while the job ran"
+    assert all(p is not None and 0 <= p < 100 for p in pending)
+    assert pending == sorted(pending)
+    assert seen[-1].progress == 100.0
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def test_create_429_is_retried_without_duplicate_jobs(client: Client, emulator: Emulator) -> None:
+    emulator.faults.push("create", Fault.rate_limited(0.1), times=2)
+    image = client.generate("a cat")
+    assert emulator.count("POST", CREATE, status=429) == 2
+    assert emulator.count("POST", CREATE, status=200) == 1
+    assert len(emulator.jobs) == 1
+    assert image.info["miragic"]["job_id"] in emulator.jobs
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_create_5xx_is_never_retried(client: Client, emulator: Emulator, status: int) -> None:
+    emulator.faults.push("create", Fault.http(status))
+    with pytest.raises(APIError, match=str(status)) as info:
+        client.generate("a cat")
+    assert posts(emulator) == 1
+    # The proxy's HTML page becomes one short line.
+    message = str(info.value)
+    assert "\n" not in message
+    assert "<html" not in message
+    assert len(message) < 250
+
+
+def test_create_read_timeout_is_never_retried(emulator: Emulator) -> None:
+    emulator.faults.push("create", Fault.slow(1.5))
+    with Client(emulator.api_key, emulator.url, read_timeout=0.5) as client:
+        with pytest.raises(APIConnectionError, match="did not answer"):
+            client.generate("a cat")
+    # The slow answer is logged when it is finally sent; the job was created all the same.
+    assert eventually(lambda: len(emulator.jobs) == 1)
+    assert eventually(lambda: posts(emulator) == 1)
+
+
+def test_create_unsuccessful_body(client: Client, emulator: Emulator) -> None:
+    emulator.faults.push("create", Fault.unsuccessful("Insufficient credits"))
+    with pytest.raises(APIError, match="Insufficient credits"):
+        client.generate("a cat")
+    assert posts(emulator) == 1
+
+
+def test_connection_refused(emulator: Emulator) -> None:
+    url = emulator.url
+    emulator.stop()
+    with Client("k", url, connect_timeout=1) as client:
+        with pytest.raises(APIConnectionError, match="could not reach"):
+            client.create_job("a cat")
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.http(502),
+        Fault.http(503),
+        Fault.http(500),
+        Fault.rate_limited(0.1),
+        Fault.rate_limited(1, http_date=True),
+        Fault.malformed_json(),
+        Fault.reset(),
+        Fault.unsuccessful("temporarily unavailable"),
+    ],
+    ids=lambda f: f.kind + str(f.status),
+)
+def test_status_faults_do_not_end_the_wait(
+    client: Client, emulator: Emulator, fault: Fault
+) -> None:
+    emulator.faults.push("status", fault, times=2)
+    image = client.generate("a cat")
+    assert image.info["miragic"]["job_id"] in emulator.jobs
+    assert posts(emulator) == 1
+    assert emulator.faults.pending("status") == 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"pending_status": "PROCESSING"},
+        {"lowercase_status": True},
+        {"progress": "string"},
+        {"progress": "float"},
+        {"progress": "missing"},
+        {"result_url": "relative"},
+        {"result_url": "link_only"},
+        {"result_url": "second_origin"},
+        {"result_redirects": 2},
+    ],
+    ids=str,
+)
+def test_tolerant_reading(client: Client, emulator: Emulator, settings: dict[str, object]) -> None:
+    emulator.faults.configure(**settings)
+    image = client.generate("a cat", width=320, height=320)
+    assert image.size == (320, 320)
+    assert image.original_bytes == emulator.jobs[image.info["miragic"]["job_id"]].result_bytes
+
+
+def test_key_never_reaches_another_origin(client: Client, emulator: Emulator) -> None:
+    for settings in (
+        {"result_url": "second_origin"},
+        {"result_url": "link_only"},
+        {"result_url": "absolute", "result_redirects": 3},
+    ):
+        emulator.faults.configure(**settings)
+        client.generate("a cat", width=256, height=256)
+    second = emulator.second_origin_requests
+    assert len(second) >= 3
+    assert all("X-API-Key" not in r.headers for r in second)
+    # ...while every request to the API's own origin carried it.
+    assert all(
+        r.headers.get("X-API-Key") == emulator.api_key
+        for r in emulator.requests
+        if r.path.startswith("/api/")
+    )
+
+
+def test_expired_result_url_is_refreshed_once(client: Client, emulator: Emulator) -> None:
+    emulator.faults.url_ttl = 0.2
+    job = client.wait(client.create_job("a cat"))
+    time.sleep(0.4)  # let the signed URL expire
+    data, fresh = client.download(job)
+    assert fresh.result_url != job.result_url
+    assert data == emulator.jobs[job.id].result_bytes
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault.truncated(), "cut short|download failed"),
+        (Fault.not_image(), "not a decodable image \\(an HTML/XML page\\)"),
+        (Fault.bomb(), "refused before decoding"),
+    ],
+    ids=["truncated", "not-image", "bomb"],
+)
+def test_bad_downloads_are_clear_errors(
+    client: Client, emulator: Emulator, fault: Fault, message: str
+) -> None:
+    emulator.faults.push("download", fault, times=None)
+    with pytest.raises(DownloadError, match=message) as info:
+        client.generate("a cat")
+    assert info.value.job_id in emulator.jobs
+    assert posts(emulator) == 1
+
+
+def test_download_reset_is_retried(client: Client, emulator: Emulator) -> None:
+    emulator.faults.push("download", Fault.reset())
+    image = client.generate("a cat", width=256, height=256)
+    assert image.size == (256, 256)
+    assert posts(emulator) == 1
+
+
+def test_size_mismatch_is_accepted_and_noted(client: Client, emulator: Emulator) -> None:
+    emulator.faults.push("download", Fault.wrong_size(300, 200))
+    image = client.generate("a cat", width=512, height=512)
+    assert image.size == (300, 200)
+    assert image.info["miragic"]["size_mismatch"] is True
+    assert image.info["miragic"]["image_size"] == [300, 200]
+
+
+def test_download_size_cap(emulator: Emulator) -> None:
+    with Client(
+        emulator.api_key, emulator.url, poll_schedule=FAST_POLLS, max_download_bytes=1000
+    ) as client:
+        with pytest.raises(DownloadError, match="1,000-byte cap"):
+            client.generate("a cat")
+
+
+def test_plain_http_to_remote_host_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="plain http"):
+        Client("k", "http://backend.miragic.ai")
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def test_job_id_is_recorded_before_waiting(client: Client, emulator: Emulator) -> None:
+    assert client.history is not None
+    statuses_while_waiting: list[str | None] = []
+
+    def look(job: Job) -> None:
+        record = client.history.get(job.id) if client.history else None
+        statuses_while_waiting.append(record.status if record else None)
+
+    image = client.generate("a cat", seed=5, on_progress=look)
+    assert statuses_while_waiting[0] == "PENDING"
+    record = client.history.get(image.info["miragic"]["job_id"])
+    assert record is not None
+    assert record.status == "COMPLETED"
+    assert record.path is not None
+    assert record.path.read_bytes().startswith(image.original_bytes[:2])
+    assert image.info["miragic"]["path"] == str(record.path)
+
+
+def test_explicit_seed_reuses_a_saved_result(client: Client, emulator: Emulator) -> None:
+    first = client.generate("a cat", seed=11, width=320, height=320)
+    emulator.clear_requests()
+    again = client.generate("a cat", seed=11, width=320, height=320)
+    assert emulator.requests == []
+    assert again.info["miragic"]["reused"] is True
+    assert again.info["miragic"]["job_id"] == first.info["miragic"]["job_id"]
+    assert again.tobytes() == first.tobytes()
+    # Anything different, or reuse=False, makes a new job.
+    client.generate("a cat", seed=11, width=320, height=320, enhance=True)
+    client.generate("a cat", seed=11, width=320, height=320, reuse=False)
+    client.generate("a cat", width=320, height=320)  # no seed: always a new image
+    assert posts(emulator) == 3
+
+
+def test_failures_are_recorded(client: Client, emulator: Emulator) -> None:
+    emulator.faults.force_failure = True
+    emulator.faults.failure_message = "bad prompt"
+    with pytest.raises(JobFailedError) as info:
+        client.generate("a cat")
+    record = client.history.get(info.value.job_id) if client.history else None
+    assert record is not None
+    assert (record.status, record.error_message) == ("FAILED", "bad prompt")
+
+
+def test_history_can_be_disabled(emulator: Emulator, tmp_path: object) -> None:
+    with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS, history=False) as c:
+        assert c.history is None
+        c.generate("a cat", seed=1)
+        c.generate("a cat", seed=1)
+    assert posts(emulator) == 2

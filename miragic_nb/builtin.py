@@ -121,7 +121,7 @@ def builtin_emulator() -> Emulator:
                 host="127.0.0.1",
                 port=0,
             )
-            emulator.__enter__()
+            emulator.start()
             atexit.register(_stop_at_exit, emulator)
             _emulator = emulator
         return _emulator
@@ -151,7 +151,7 @@ def stop_builtin_emulator() -> bool:
             _clients.pop(key).close()
     if emulator is None:
         return False
-    emulator.__exit__(None, None, None)
+    emulator.stop()
     return True
 
 
@@ -199,7 +199,7 @@ def resolve_client(
                 notice = FALLBACK_NOTICE
             why = "%miragic emulator start" if _prefer_emulator else "no key configured"
             client = _cached(
-                ("builtin", emulator.url, timeout, poll_schedule),
+                ("builtin", emulator.url, timeout, repr(poll_schedule)),
                 lambda: EmulatorClient(
                     api_key=emulator.api_key,
                     base_url=emulator.url,
@@ -214,7 +214,7 @@ def resolve_client(
         raise MissingAPIKeyError(_missing_key_message(explicit_url), field="api_key")
     resolved_url = config.base_url_from_env(explicit_url)
     client = _cached(
-        ("api", key, resolved_url, timeout, poll_schedule),
+        ("api", key, resolved_url, timeout, repr(poll_schedule)),
         lambda: Client(
             api_key=key, base_url=resolved_url, timeout=timeout, poll_schedule=poll_schedule
         ),

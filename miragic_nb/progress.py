@@ -44,7 +44,8 @@ class JobProgress:
             if self.state != "running":
                 return
             self.job_id = job.id
-            self.status = job.status.lower()
+            # A completed job still has its image to download: say what is happening now.
+            self.status = "downloading" if job.is_completed else job.status.lower()
             self.percent = job.progress
             self._render()
 
@@ -73,6 +74,12 @@ class JobProgress:
         with self._lock:
             self.label = text
             self._render()
+
+    def refresh(self) -> None:
+        """Redraw (the elapsed time moves on between status reads)."""
+        with self._lock:
+            if self.state == "running":
+                self._render()
 
     def show(self) -> None:
         """Put the view into the current output (a no-op where there is nothing to place)."""

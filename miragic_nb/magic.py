@@ -1,0 +1,866 @@
+"""``%%miragic`` (generate from the cell's prompt) and ``%miragic`` (subcommands).
+
+The magic blocks while jobs run: a kernel processes no widget events during a cell, so the
+kernel interrupt is how a wait is stopped. Jobs run in worker threads; the cell's own thread
+only draws progress and handles the interrupt, so every display call stays on the cell's thread.
+
+Expected failures (bad options, a missing key, a failed job, a timeout) fail the cell with one
+short line; ``%config Miragic.short_errors = False`` shows full tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import getpass
+import html
+import io
+import keyword
+import os
+import queue
+import re
+import shlex
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets.config import Configurable
+
+from . import builtin, config
+from .errors import (
+    InvalidRequestError,
+    JobFailedError,
+    JobTimeoutError,
+    MiragicError,
+    MissingAPIKeyError,
+)
+from .gallery import ImageGrid
+from .interpolate import interpolate
+from .polling import PollSchedule
+from .progress import JobProgress, make_progress
+from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .client import Client
+    from .history import History
+    from .images import GeneratedImage
+    from .jobs import Job
+
+#: Most jobs one cell may start (``--n`` times the number of models).
+MAX_JOBS = 16
+#: Seconds between progress redraws while no status read arrives (elapsed time keeps moving).
+TICK_SECONDS = 0.25
+SUBCOMMANDS = (
+    "models",
+    "config",
+    "login",
+    "logout",
+    "resume",
+    "panel",
+    "emulator",
+    "history",
+    "help",
+)
+_SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
+_HISTORY_THUMB = 96
+
+
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+# IPython's decorators are untyped; these typed names keep the magic checked by mypy --strict.
+_magic_arguments = cast(Callable[[], _Decorator], magic_arguments)
+_argument = cast(Callable[..., _Decorator], argument)
+_line_cell_magic = cast(_Decorator, line_cell_magic)
+_parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace], parse_argstring)
+_display: Callable[..., Any] = display
+
+
+def _post_done(
+    events: queue.Queue[tuple[str, _Slot, Any]], slot: _Slot
+) -> Callable[[Future[GeneratedImage]], None]:
+    return lambda future: events.put(("done", slot, future))
+
+
+class _ShortFailure(Exception):
+    """Raised into the cell for expected failures: prints one line, still fails the cell."""
+
+
+def _side(text: str) -> int:
+    if not text.strip().isdigit() or not MIN_SIDE <= int(text) <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from {MIN_SIDE} to {MAX_SIDE}, got {text!r}"
+        )
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_JOBS}, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"must look like 1024x768, got {text!r}")
+    return _side(match.group(1)), _side(match.group(2))
+
+
+def _name(text: str) -> str:
+    if not text.isidentifier() or keyword.iskeyword(text):
+        raise argparse.ArgumentTypeError(f"must be a Python variable name, got {text!r}")
+    return text
+
+
+@dataclass
+class _Slot:
+    """One job of a cell: its request, its progress view, and how it ended."""
+
+    label: str
+    request: GenerationRequest
+    progress: JobProgress
+    job_id: str | None = None
+    image: GeneratedImage | None = None
+    error: BaseException | None = None
+    done: bool = False
+    reused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@magics_class
+class Miragic(Magics, Configurable):
+    """Defaults for ``%%miragic``; set with ``%config Miragic.<name> = value`` or
+    ``c.Miragic.<name>`` in ``ipython_config.py``. The API key is never a setting."""
+
+    model = Unicode("flux", help=f"Default model: one of {', '.join(MODELS)}.").tag(config=True)
+    width = Int(1024, help=f"Default width in pixels ({MIN_SIDE}-{MAX_SIDE}).").tag(config=True)
+    height = Int(1024, help=f"Default height in pixels ({MIN_SIDE}-{MAX_SIDE}).").tag(config=True)
+    timeout = Float(
+        config.DEFAULT_JOB_TIMEOUT_S,
+        help="Seconds to wait for a job before giving up (the job is not lost: "
+        "%miragic resume <id>).",
+    ).tag(config=True)
+    base_url = Unicode(
+        "", help="API base URL; empty: MIRAGIC_BASE_URL, else https://backend.miragic.ai."
+    ).tag(config=True)
+    offline_fallback = Bool(
+        True,
+        help="Use the built-in offline emulator when no key is configured anywhere "
+        "(MIRAGIC_OFFLINE_FALLBACK=0 also turns it off).",
+    ).tag(config=True)
+    short_errors = Bool(
+        True, help="Show expected failures as one line; False shows full tracebacks."
+    ).tag(config=True)
+    home = Unicode(
+        "", help="History directory; empty: MIRAGIC_HOME, else the user data directory."
+    ).tag(config=True)
+    reuse = Bool(
+        True,
+        help="Reuse a saved result for a request with an explicit --seed that was already "
+        "made (no credit spent); --fresh overrides per cell.",
+    ).tag(config=True)
+    progress = Enum(
+        ("auto", "widgets", "text"),
+        "auto",
+        help="Progress view: widgets in a notebook kernel and text in a terminal (auto), "
+        "or forced.",
+    ).tag(config=True)
+    max_concurrency = Int(8, help="Jobs a cell runs at the same time (--n, model lists).").tag(
+        config=True
+    )
+    poll_interval = Float(0.25, help="Seconds before the first status read.").tag(config=True)
+    max_poll_interval = Float(5.0, help="Longest pause between status reads.").tag(config=True)
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)  # type: ignore[no-untyped-call]
+
+    @property
+    def _ip(self) -> Any:
+        """The shell this instance was registered with (always set once loaded)."""
+        if self.shell is None:
+            raise UsageError("%miragic: load the extension with %load_ext miragic_nb")
+        return self.shell
+
+    # -- trait validation --------------------------------------------------------------------
+
+    @validate("model")
+    def _check_model(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip().lower()
+        if value not in MODELS:
+            raise TraitError(f"Miragic.model must be one of {', '.join(MODELS)}, got {value!r}")
+        return value
+
+    @validate("width", "height")
+    def _check_side(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if not MIN_SIDE <= value <= MAX_SIDE:
+            raise TraitError(
+                f"Miragic.{proposal['trait'].name} must be from {MIN_SIDE} to {MAX_SIDE}, "
+                f"got {value}"
+            )
+        return int(value)
+
+    @validate("timeout", "poll_interval", "max_poll_interval")
+    def _check_positive(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value > 0:
+            raise TraitError(f"Miragic.{proposal['trait'].name} must be positive, got {value}")
+        return value
+
+    @validate("max_concurrency")
+    def _check_concurrency(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if not 1 <= value <= MAX_JOBS:
+            raise TraitError(f"Miragic.max_concurrency must be from 1 to {MAX_JOBS}")
+        return value
+
+    # -- the magic -------------------------------------------------------------------------
+
+    @_magic_arguments()
+    @_argument(
+        "-m",
+        "--model",
+        help=f"model: {', '.join(MODELS)}; a comma list (flux,turbo) compares them side by side",
+    )
+    @_argument("-W", "--width", type=_side, help=f"width in pixels, {MIN_SIDE}-{MAX_SIDE}")
+    @_argument("-H", "--height", type=_side, help=f"height in pixels, {MIN_SIDE}-{MAX_SIDE}")
+    @_argument("--size", type=_size, metavar="WxH", help="width and height at once: 1024x768")
+    @_argument("--image-url", help="input image for image-to-image (model kontext only)")
+    @_argument("--seed", type=_seed, help="non-negative integer; same seed, same picture")
+    @_argument(
+        "--enhance", action=argparse.BooleanOptionalAction, help="let the API rewrite the prompt"
+    )
+    @_argument("--safe", action=argparse.BooleanOptionalAction, help="strict content filter")
+    @_argument("--private", action=argparse.BooleanOptionalAction, help="keep out of public feeds")
+    @_argument("--nologo", action=argparse.BooleanOptionalAction, help="no logo overlay")
+    @_argument("--timeout", type=_seconds, help="seconds to wait before giving up")
+    @_argument(
+        "-n",
+        "--n",
+        type=_count,
+        default=1,
+        metavar="N",
+        help=f"run N jobs at once (seeds S, S+1, ... with --seed S); 1-{MAX_JOBS}",
+    )
+    @_argument("--fresh", action="store_true", help="always start a new job; never reuse")
+    @_argument("-o", "--out", type=_name, metavar="NAME", help="also store the result in NAME")
+    @_line_cell_magic
+    def miragic(self, line: str, cell: str | None = None) -> Any:
+        """Generate an image from the cell's prompt with the Miragic API.
+
+        %%miragic [options]
+        A prompt; {name}, {name.attr} and {name[key]} come from your variables.
+
+        The cell's value is a PIL image (a list of them with --n or a model list).
+        Line form: %miragic models | config | login | logout | resume JOB_ID [-o NAME] |
+        panel | emulator start|stop|status | history [N] | help
+        """
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._cell(line, cell)
+        except MiragicError as exc:
+            raise self._shorten(exc) from None
+
+    # -- %%miragic -------------------------------------------------------------------------
+
+    def _cell(self, line: str, cell: str) -> Any:
+        try:
+            args = _parse_argstring(self.miragic, line)
+        except UsageError as exc:
+            raise UsageError(f"%%miragic: {exc} (see %%miragic? for the options)") from None
+        body = cell.strip()
+        quiet = body.endswith(";")
+        body = body.rstrip(";").strip() if quiet else body
+        prompt = interpolate(body, self._namespace())
+        if not prompt.strip():
+            raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
+        requests = self._requests(args, prompt)
+        timeout = args.timeout or self.timeout
+        resolved = self._resolve()
+        history = self._history()
+        slots = self._slots(requests, many=len(requests) > 1)
+        for slot in slots:
+            if self.reuse and not args.fresh and slot.request.seed is not None:
+                self._try_reuse(slot, history, resolved.client, resolved.is_emulator)
+        self._run(
+            [s for s in slots if not s.done],
+            lambda slot, **kw: resolved.client.run(slot.request, timeout=timeout, **kw),
+            resolved.client,
+            history,
+            timeout=timeout,
+        )
+        return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
+
+    def _requests(self, args: argparse.Namespace, prompt: str) -> list[GenerationRequest]:
+        """Every request of the cell, validated before anything is sent."""
+        models = [m.strip().lower() for m in (args.model or self.model).split(",") if m.strip()]
+        if not models:
+            raise UsageError(f"%%miragic: --model needs a model name: {', '.join(MODELS)}")
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise UsageError(
+                f"%%miragic: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)} "
+                "(or a comma list such as flux,turbo)"
+            )
+        if args.size and (args.width or args.height):
+            raise UsageError("%%miragic: give either --size WxH or --width/--height, not both")
+        width, height = args.size or (args.width or self.width, args.height or self.height)
+        if len(models) * args.n > MAX_JOBS:
+            raise UsageError(
+                f"%%miragic: {len(models)} models × --n {args.n} is {len(models) * args.n} jobs; "
+                f"at most {MAX_JOBS} per cell"
+            )
+        requests = []
+        try:
+            for model in dict.fromkeys(models):
+                for index in range(args.n):
+                    requests.append(
+                        GenerationRequest(
+                            prompt,
+                            model=model,
+                            width=width,
+                            height=height,
+                            image_url=args.image_url,
+                            seed=None if args.seed is None else args.seed + index,
+                            enhance=args.enhance,
+                            safe=args.safe,
+                            private=args.private,
+                            nologo=args.nologo,
+                        )
+                    )
+        except InvalidRequestError as exc:
+            raise UsageError(f"%%miragic: {exc.message}") from None
+        return requests
+
+    def _slots(self, requests: list[GenerationRequest], *, many: bool) -> list[_Slot]:
+        compare = len({r.model for r in requests}) > 1
+        slots = []
+        for index, request in enumerate(requests):
+            parts = [request.model] if compare or not many else []
+            if many:
+                parts.append(
+                    f"seed {request.seed}" if request.seed is not None else f"#{index + 1}"
+                )
+            label = " · ".join(parts)
+            progress = self._make_progress(label, many=many)
+            slots.append(_Slot(label=label, request=request, progress=progress))
+        return slots
+
+    def _columns(self, args: argparse.Namespace, requests: list[GenerationRequest]) -> int:
+        models = len({r.model for r in requests})
+        return models if models > 1 else min(args.n, 4)
+
+    # -- running jobs ----------------------------------------------------------------------
+
+    def _run(
+        self,
+        slots: list[_Slot],
+        work: Callable[..., GeneratedImage],
+        client: Client,
+        history: History,
+        *,
+        timeout: float,
+    ) -> None:
+        """Run each slot's job in a worker; draw progress here; handle the interrupt.
+
+        Workers only put events on a queue: every widget and print call happens on this thread,
+        which is the cell's own.
+        """
+        if not slots:
+            return
+        events: queue.Queue[tuple[str, _Slot, Any]] = queue.Queue()
+        cancel = threading.Event()
+        records = getattr(client, "history", None) is None  # a client with history records itself
+
+        def job(slot: _Slot) -> GeneratedImage:
+            def created(job: Job) -> None:
+                slot.job_id = job.id
+                events.put(("progress", slot, job))
+                if records:
+                    _quietly(history.record_created, job.id, slot.request, base_url=client.base_url)
+
+            try:
+                image = work(
+                    slot,
+                    on_created=created,
+                    on_progress=lambda job: events.put(("progress", slot, job)),
+                    cancel=cancel,
+                )
+            except BaseException as exc:
+                if records and slot.job_id:
+                    _quietly(
+                        history.record_status,
+                        slot.job_id,
+                        _history_status(exc, cancel),
+                        error_message=str(exc),
+                    )
+                raise
+            if records:
+                _quietly(history.record_result, image)
+            return image
+
+        for slot in slots:
+            slot.progress.show()
+        pool = ThreadPoolExecutor(
+            max_workers=min(len(slots), self.max_concurrency), thread_name_prefix="miragic-job"
+        )
+        futures: dict[Future[GeneratedImage], _Slot] = {}
+        try:
+            for slot in slots:
+                future = pool.submit(job, slot)
+                futures[future] = slot
+                future.add_done_callback(_post_done(events, slot))
+            self._drain(events, slots)
+        except KeyboardInterrupt:
+            cancel.set()
+            self._interrupted(slots, futures)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _drain(self, events: queue.Queue[tuple[str, _Slot, Any]], slots: list[_Slot]) -> None:
+        finished = 0
+        while finished < len(slots):
+            try:
+                kind, slot, payload = events.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                for waiting in slots:  # no status read arrived: keep the elapsed time moving
+                    if not waiting.done:
+                        waiting.progress.refresh()
+                continue
+            if kind == "progress":
+                slot.progress.update(payload)
+            else:
+                finished += 1
+                self._settle(slot, payload)
+
+    def _settle(self, slot: _Slot, future: Future[GeneratedImage]) -> None:
+        slot.done = True
+        try:
+            slot.image = future.result()
+        except Exception as exc:
+            slot.error = exc
+            slot.progress.fail(_one_line(exc, self._resume_hint(exc)))
+            return
+        if slot.job_id is None:
+            slot.job_id = slot.image.metadata.get("job_id")
+        self._succeed(slot)
+
+    def _succeed(self, slot: _Slot) -> None:
+        assert slot.image is not None
+        widget = bool(getattr(slot.progress, "widget", None))
+        # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
+        slot.progress.succeed(slot.image.caption() if widget or slot.reused else "")
+
+    def _interrupted(
+        self, slots: list[_Slot], futures: Mapping[Future[GeneratedImage], _Slot]
+    ) -> None:
+        """After Ctrl-C / kernel interrupt: say which jobs exist and how to pick them up."""
+        # A create request already on the wire may still return a job id: give it a moment.
+        from concurrent.futures import wait
+
+        with contextlib.suppress(KeyboardInterrupt):
+            wait(list(futures), timeout=2.0)
+        ids = [s.job_id for s in slots if s.job_id and s.image is None]
+        for slot in slots:
+            if slot.image is None:
+                slot.progress.fail("interrupted")
+        if not ids:
+            print("Interrupted before any job was created; no credit was spent.")
+            return
+        print("Interrupted: stopped waiting. The job(s) may still finish on the server:")
+        for job_id in ids:
+            print(f"    %miragic resume {job_id}")
+
+    def _resume_hint(self, exc: BaseException) -> str:
+        job_id = getattr(exc, "job_id", None)
+        if not job_id or isinstance(exc, JobFailedError):
+            return ""
+        return f"; it may still finish: %miragic resume {job_id}"
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _finish(self, slots: list[_Slot], out: str | None, quiet: bool, *, columns: int) -> Any:
+        images = [s.image for s in slots if s.image is not None]
+        failed = [s for s in slots if s.error is not None]
+        result: Any
+        if len(slots) == 1:
+            result = images[0] if images else None
+        else:
+            result = ImageGrid(
+                images, labels=[s.label for s in slots if s.image is not None], columns=columns
+            )
+        if out and (images or len(slots) > 1):
+            self._ip.user_ns[out] = result
+        if failed:
+            if len(slots) > 1 and images:
+                _display(result)  # keep what succeeded visible before the cell fails
+            raise self._slot_failure(failed, len(slots))
+        return None if quiet else result
+
+    def _slot_failure(self, failed: list[_Slot], total: int) -> BaseException:
+        first = failed[0].error
+        assert first is not None
+        if total == 1 and isinstance(first, MiragicError):
+            return self._shorten(first)
+        if total == 1:
+            return first
+        lines = [f"{len(failed)} of {total} jobs failed:"]
+        lines += [
+            f"  {s.label}: {_one_line(s.error, self._resume_hint(s.error))}"
+            for s in failed
+            if s.error is not None
+        ]
+        failure = _ShortFailure("\n".join(lines))
+        return self._shorten(failure, lines=lines) if self.short_errors else failure
+
+    def _shorten(self, exc: BaseException, *, lines: list[str] | None = None) -> BaseException:
+        """Give an expected failure IPython's one-line rendering (unless short_errors is off)."""
+        if not self.short_errors:
+            return exc
+        text = lines or [f"{type(exc).__name__}: {_one_line(exc, self._resume_hint(exc))}"]
+        exc._render_traceback_ = lambda: list(text)  # type: ignore[attr-defined]
+        return exc
+
+    def _try_reuse(self, slot: _Slot, history: History, client: Client, is_emulator: bool) -> None:
+        try:
+            image = history.reuse(slot.request, base_url=client.base_url)
+        except Exception:  # an unreadable history must never stop a generation
+            image = None
+        if image is None:
+            return
+        if is_emulator:
+            image.info["miragic"]["emulator"] = True
+        slot.image, slot.done, slot.reused = image, True, True
+        slot.job_id = image.metadata.get("job_id")
+        slot.progress.show()
+        self._succeed(slot)
+
+    # -- %miragic ----------------------------------------------------------------------------
+
+    def _line(self, line: str) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%miragic: {exc}") from None
+        if not words:
+            return self._help()
+        command, rest = words[0].lower(), words[1:]
+        handlers: dict[str, Callable[[list[str]], Any]] = {
+            "models": lambda _: self._models(),
+            "config": lambda _: self._config(),
+            "login": lambda _: self._login(),
+            "logout": lambda _: self._logout(),
+            "resume": self._resume,
+            "panel": lambda _: self._panel(),
+            "emulator": self._emulator,
+            "history": self._show_history,
+            "help": lambda _: self._help(),
+        }
+        handler = handlers.get(command)
+        if handler is None:
+            hint = " (prompts go in a %%miragic cell)" if len(words) > 1 or "-" in line else ""
+            raise UsageError(
+                f"%miragic: unknown subcommand {words[0]!r}; use one of "
+                f"{', '.join(SUBCOMMANDS)}{hint}"
+            )
+        return handler(rest)
+
+    def _help(self) -> None:
+        print(
+            "%%miragic [options]         generate from the prompt in the cell body\n"
+            "    -m/--model M[,M2]         flux, turbo, gptimage, kontext (a list compares)\n"
+            "    -W/--width, -H/--height, --size WxH   256-2048 pixels\n"
+            "    --seed S, --n N           reproducible seeds; N jobs at once (S, S+1, ...)\n"
+            "    --image-url URL           input image (kontext only)\n"
+            "    --[no-]enhance --[no-]safe --[no-]private --[no-]nologo\n"
+            "    --timeout SECONDS, --fresh (never reuse), -o/--out NAME\n"
+            "%miragic models | config | login | logout | resume JOB_ID [-o NAME] | panel\n"
+            "%miragic emulator start|stop|status | history [N] | help\n"
+            "Defaults: %config Miragic (e.g. %config Miragic.model = 'turbo').\n"
+            "Full usage: %%miragic?"
+        )
+
+    def _models(self) -> None:
+        width = max(len(name) for name in MODELS)
+        for name, description in MODELS.items():
+            extra = "  [accepts --image-url]" if name in IMAGE_INPUT_MODELS else ""
+            default = "  (default)" if name == self.model else ""
+            print(f"{name:<{width}}  {description}{extra}{default}")
+
+    def _config(self) -> None:
+        configured = self.config.get("Miragic", {})
+        rows = []
+        for name in sorted(self.class_trait_names(config=True)):
+            source = "%config / ipython_config" if name in configured else "default"
+            rows.append((f"Miragic.{name}", repr(getattr(self, name)), source))
+        key_from = builtin.key_source()
+        rows.append(("API key", "set" if key_from else "not set", key_from or "-"))
+        if self.base_url:
+            rows.append(("base URL", self.base_url, "Miragic.base_url"))
+        elif os.environ.get(config.ENV_BASE_URL):
+            rows.append(("base URL", os.environ[config.ENV_BASE_URL], config.ENV_BASE_URL))
+        else:
+            rows.append(("base URL", config.DEFAULT_BASE_URL, "default"))
+        fallback = builtin.fallback_enabled(self.offline_fallback)
+        fallback_from = (
+            "Miragic.offline_fallback"
+            if not self.offline_fallback
+            else builtin.ENV_OFFLINE_FALLBACK
+            if not fallback
+            else "default"
+        )
+        rows.append(("offline fallback", "on" if fallback else "off", fallback_from))
+        emulator = builtin.builtin_emulator_running()
+        rows.append(("built-in emulator", emulator.url if emulator else "not running", "-"))
+        rows.append(("history", str(self._history().home), "Miragic.home / MIRAGIC_HOME / default"))
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        for name, value, source in rows:
+            print(f"{name:<{widths[0]}}  {value:<{widths[1]}}  ({source})")
+
+    def _login(self) -> None:
+        key = getpass.getpass("Miragic API key (kept for this session only): ")
+        if not key.strip():
+            raise UsageError("%miragic login: no key entered; nothing changed")
+        builtin.set_session_key(key)
+        print("Key set for this session (not saved anywhere).")
+
+    def _logout(self) -> None:
+        builtin.clear_session_key()
+        print("Session key forgotten.")
+
+    def _resume(self, words: list[str]) -> Any:
+        parser = argparse.ArgumentParser(prog="%miragic resume", add_help=False)
+        parser.add_argument("job_id")
+        parser.add_argument("-o", "--out", type=_name)
+        parser.add_argument("--timeout", type=_seconds)
+        try:
+            args, extra = parser.parse_known_args(words)
+        except SystemExit:
+            raise UsageError("%miragic resume JOB_ID [-o NAME] [--timeout S]") from None
+        if extra:
+            raise UsageError(
+                f"%miragic resume: unexpected {' '.join(extra)}; usage: "
+                "%miragic resume JOB_ID [-o NAME] [--timeout S]"
+            )
+        timeout = args.timeout or self.timeout
+        resolved = self._resolve()
+        history = self._history()
+        slot = _Slot(
+            label="resume",
+            request=GenerationRequest("(resumed job)"),
+            progress=self._make_progress("resume", many=False),
+            job_id=args.job_id,
+        )
+
+        def work(slot: _Slot, *, on_created: Any, on_progress: Any, cancel: Any) -> Any:
+            return resolved.client.finish(
+                args.job_id, timeout=timeout, on_progress=on_progress, cancel=cancel
+            )
+
+        self._run([slot], work, resolved.client, history, timeout=timeout)
+        if slot.image is not None and resolved.is_emulator:
+            slot.image.info["miragic"]["emulator"] = True
+        return self._finish([slot], args.out, False, columns=1)
+
+    def _panel(self) -> None:
+        try:
+            from .panel import Panel  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise UsageError("%miragic panel: the panel is not available in this version") from None
+        _display(Panel())
+
+    def _emulator(self, words: list[str]) -> None:
+        action = words[0].lower() if words else "status"
+        if action == "start":
+            emulator = builtin.start_builtin_emulator()
+            print(
+                f"Built-in emulator running at {emulator.url}; cells use it until "
+                "`%miragic emulator stop` (placeholder images, no credits)."
+            )
+        elif action == "stop":
+            stopped = builtin.stop_builtin_emulator()
+            print(
+                "Built-in emulator stopped."
+                if stopped
+                else "The built-in emulator was not running."
+            )
+        elif action == "status":
+            running = builtin.builtin_emulator_running()
+            print(
+                f"Built-in emulator running at {running.url}"
+                if running
+                else "Built-in emulator not running."
+            )
+        else:
+            raise UsageError("%miragic emulator start|stop|status")
+
+    def _show_history(self, words: list[str]) -> None:
+        if len(words) > 1 or (words and not words[0].isdigit()):
+            raise UsageError("%miragic history [N]  (N: how many recent jobs, default 10)")
+        limit = int(words[0]) if words else 10
+        records = self._history().records(limit)
+        if not records:
+            print("No jobs recorded yet.")
+            return
+        text = [
+            f"{r.created_at:%Y-%m-%d %H:%M}  {r.status:<9}  {r.model or '?'}  "
+            f"{r.width}×{r.height}  seed {r.seed}  {r.job_id}  {(r.prompt or '')[:60]}"
+            for r in records
+        ]
+        rows = "".join(_history_row(r) for r in records)
+        table = (
+            "<table><tr><th></th><th>created</th><th>status</th><th>model</th><th>size</th>"
+            f"<th>seed</th><th>job</th><th>prompt</th></tr>{rows}</table>"
+        )
+        _display({"text/html": table, "text/plain": "\n".join(text)}, raw=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _resolve(self) -> builtin.ResolvedClient:
+        resolved = builtin.resolve_client(
+            base_url=self.base_url or None,
+            offline_fallback=self.offline_fallback,
+            timeout=self.timeout,
+            poll_schedule=self._poll_schedule(),
+        )
+        if resolved.notice:
+            print(resolved.notice)
+        return resolved
+
+    def _poll_schedule(self) -> PollSchedule:
+        first = self.poll_interval
+        longest = max(self.max_poll_interval, first)
+        return PollSchedule(initial_delay=first, max_delay=longest, min_delay=min(0.05, first))
+
+    def _history(self) -> History:
+        from .history import History
+
+        return History(self.home or None)
+
+    def _make_progress(self, label: str, *, many: bool) -> JobProgress:
+        widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
+        # Several text lines rewritten with \r would overwrite each other: print changes instead.
+        return make_progress(label, widgets=widgets, rewrite=False if many else None)
+
+    def _namespace(self) -> dict[str, Any]:
+        """The user's variables, without IPython's own (``exit``, ``In``...) unless reassigned."""
+        hidden = getattr(self._ip, "user_ns_hidden", {})
+        return {
+            name: value
+            for name, value in self._ip.user_ns.items()
+            if name not in hidden or hidden[name] is not value
+        }
+
+
+def _one_line(exc: BaseException | None, hint: str = "") -> str:
+    if isinstance(exc, JobTimeoutError) and exc.job_id:
+        return f"job {exc.job_id} did not finish in time{hint}"
+    if isinstance(exc, MissingAPIKeyError):
+        return str(exc)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text + hint
+
+
+def _history_status(exc: BaseException, cancel: threading.Event) -> str:
+    if cancel.is_set():
+        return "CANCELLED"
+    if isinstance(exc, JobFailedError):
+        return "FAILED"
+    if isinstance(exc, JobTimeoutError):
+        return "TIMEOUT"
+    return "ERROR"
+
+
+def _quietly(action: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """History writes are a safety net: a full disk must not lose the image in hand."""
+    import logging
+
+    try:
+        action(*args, **kwargs)
+    except Exception as exc:
+        logging.getLogger("miragic_nb").warning("could not update the job history: %s", exc)
+
+
+def _history_row(record: Any) -> str:
+    thumb = ""
+    if record.path is not None:
+        try:
+            from PIL import Image
+
+            with Image.open(record.path) as image:
+                image.thumbnail((_HISTORY_THUMB, _HISTORY_THUMB))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, "JPEG", quality=70)
+            data = base64.b64encode(buffer.getvalue()).decode("ascii")
+            thumb = f'<img src="data:image/jpeg;base64,{data}">'
+        except (OSError, ValueError):
+            thumb = ""
+    cells = [
+        thumb,
+        f"{record.created_at:%Y-%m-%d %H:%M}",
+        record.status,
+        record.model or "?",
+        f"{record.width}×{record.height}",
+        "" if record.seed is None else str(record.seed),
+        record.job_id,
+        (record.prompt or "")[:120],
+    ]
+    return (
+        "<tr>"
+        + "".join(
+            f"<td>{cell if i == 0 else html.escape(cell)}</td>" for i, cell in enumerate(cells)
+        )
+        + "</tr>"
+    )
+
+
+# -- extension entry points --------------------------------------------------------------------
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Register ``%%miragic``/``%miragic`` and make ``Miragic`` configurable via ``%config``."""
+    unload_ipython_extension(ipython)  # loading twice must not leave two configurables
+    # Magics.__init__ adds the instance to shell.configurables (for %config) and takes the
+    # shell as its traitlets parent, so c.Miragic.* from ipython_config.py applies.
+    ipython.register_magics(Miragic(shell=ipython))  # type: ignore[no-untyped-call]
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    # By class name: after %reload_ext an older Miragic class may still be registered.
+    ipython.configurables[:] = [
+        c for c in ipython.configurables if type(c).__name__ != Miragic.__name__
+    ]
+    manager: Any = ipython.magics_manager
+    for kind in ("line", "cell"):
+        manager.magics[kind].pop("miragic", None)
+    manager.registry.pop("Miragic", None)
+
+
+__all__ = ["Miragic", "load_ipython_extension", "unload_ipython_extension"]

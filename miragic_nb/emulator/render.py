@@ -33,7 +33,7 @@ __all__ = ["decompression_bomb", "render_image", "transform_image"]
 _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 _RGB = tuple[int, int, int]
 
-# Shapes are drawn on a canvas whose longest side is at most this, then scaled up.
+# Shapes are drawn on a canvas of at most this many pixels squared, then scaled up.
 _CANVAS_MAX = 512
 _JPEG_QUALITY = 88
 # The largest input image the kontext transform accepts (pixels); larger is refused.
@@ -45,10 +45,11 @@ def render_image(
 ) -> bytes:
     """Render the text-to-image result for one job and return JPEG bytes."""
     rng = random.Random(_digest(prompt, model, seed, width, height))
-    scale = min(1.0, _CANVAS_MAX / max(width, height))
+    scale = min(1.0, _CANVAS_MAX / math.sqrt(width * height))
     cw, ch = max(16, round(width * scale)), max(16, round(height * scale))
     painter = _PAINTERS.get(model, _paint_bokeh)
-    canvas = painter(rng, cw, ch)
+    # A slight blur before scaling up turns the canvas's hard pixel steps into soft edges.
+    canvas = painter(rng, cw, ch).filter(ImageFilter.GaussianBlur(0.6))
     image = canvas.resize((width, height), Image.Resampling.BICUBIC)
     _caption(image, prompt, f"{model} · seed {seed} · {width}x{height}", nologo=nologo)
     return _jpeg(image)
@@ -252,14 +253,16 @@ def _caption(image: Image.Image, prompt: str, detail: str, *, nologo: bool) -> N
     draw = ImageDraw.Draw(image, "RGBA")
     font, label_font = _font(size), _font(small)
 
-    label = "miragic emulator"
-    draw.rectangle((0, 0, width, small + pad * 2 // 1), fill=(0, 0, 0, 110))
-    draw.text((pad, pad), label, font=label_font, fill=(255, 255, 255, 235))
+    label, white = "miragic emulator", (255, 255, 255, 235)
     detail_w = draw.textlength(detail, font=label_font)
-    if detail_w + draw.textlength(label, font=label_font) + pad * 4 < width:
-        draw.text((width - pad - detail_w, pad), detail, font=label_font, fill=(255, 255, 255, 235))
+    one_line = detail_w + draw.textlength(label, font=label_font) + pad * 4 < width
+    bar_h = small + pad * 2 if one_line else 2 * small + pad * 5 // 2
+    draw.rectangle((0, 0, width, bar_h), fill=(0, 0, 0, 110))
+    draw.text((pad, pad), label, font=label_font, fill=white)
+    if one_line:
+        draw.text((width - pad - detail_w, pad), detail, font=label_font, fill=white)
     else:
-        draw.text((pad, pad + small + pad // 2), detail, font=label_font, fill=(255, 255, 255, 235))
+        draw.text((pad, pad + small + pad // 2), detail, font=label_font, fill=white)
 
     max_lines = max(2, min(6, (height // 3) // (size + size // 3)))
     lines = _wrap(prompt.strip() or " ", font, width - 4 * pad, max_lines, draw)

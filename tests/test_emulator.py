@@ -274,7 +274,7 @@ def test_pending_record_has_the_reference_fields(emu: Emulator, http: requests.S
 def test_progress_rises_then_completes_with_a_downloadable_jpeg(
     emu: Emulator, http: requests.Session
 ) -> None:
-    emu.job_seconds = 0.5
+    emu.job_seconds = 1.0  # ample room for the first read to land while PENDING
     job_id = create(emu, http)
     seen: list[tuple[str, int]] = []
     record = status(emu, http, job_id)

@@ -114,13 +114,13 @@ def _create_retry() -> Retry:
 class _ApiKeyAuth(requests.auth.AuthBase):
     """Adds ``X-API-Key`` only to requests for the API's own origin."""
 
-    def __init__(self, api_key: str, api_origin: tuple[str, str, int | None]) -> None:
+    def __init__(self, api_key: config.Secret, api_origin: tuple[str, str, int | None]) -> None:
         self._api_key = api_key
         self._api_origin = api_origin
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if request.url and config.origin(request.url) == self._api_origin:
-            request.headers["X-API-Key"] = self._api_key
+            request.headers["X-API-Key"] = self._api_key.reveal()
         else:
             request.headers.pop("X-API-Key", None)
         return request
@@ -178,7 +178,8 @@ class Client:
         self.base_url = config.base_url_from_env(base_url)
         #: Where job ids and results are recorded (``True``: ``MIRAGIC_HOME`` / platform dir).
         self.history: History | None = History() if history is True else history or None
-        self._api_key = config.api_key_from_env(api_key)
+        key = config.api_key_from_env(api_key)
+        self._api_key = config.Secret(key) if key is not None else None
         self.timeout = timeout
         self.poll_schedule = poll_schedule or PollSchedule()
         # How long earlier jobs took per model and size, to time status reads (share one

@@ -23,6 +23,29 @@ READ_TIMEOUT_S = 30.0
 DEFAULT_JOB_TIMEOUT_S = 300.0
 
 
+class Secret:
+    """A string that never shows itself in a repr, str, log line or traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 def api_key_from_env(explicit: str | None = None) -> str | None:
     """The explicit key, else ``MIRAGIC_API_KEY``; blank values count as unset."""
     key = explicit if explicit is not None else os.environ.get(ENV_API_KEY)

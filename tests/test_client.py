@@ -418,3 +418,20 @@ def test_history_can_be_disabled(emulator: Emulator, tmp_path: object) -> None:
         c.generate("a cat", seed=1)
         c.generate("a cat", seed=1)
     assert posts(emulator) == 2
+
+
+def test_module_level_generate_uses_a_default_client_made_on_first_use(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import miragic_nb
+
+    monkeypatch.setattr(miragic_nb, "_default_client", None)
+    monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
+    monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
+    image = miragic_nb.generate("a cat", width=256, height=256)
+    assert image.size == (256, 256)
+    client = miragic_nb.default_client()
+    assert client is miragic_nb.default_client()
+    assert client.base_url == emulator.url
+    assert emulator.api_key not in repr(client)
+    assert emulator.api_key not in repr(vars(client))

@@ -70,6 +70,11 @@ class ResolvedClient:
 class EmulatorClient(Client):
     """A client for the built-in emulator: every image it returns is labelled as such."""
 
+    def run(self, request: GenerationRequest, **options: Any) -> GeneratedImage:
+        image = super().run(request, **options)  # may be a result reused from the history
+        image.info["miragic"]["emulator"] = True
+        return image
+
     def finish(
         self,
         job: Job | str,
@@ -176,13 +181,18 @@ def resolve_client(
     offline_fallback: bool = True,
     timeout: float = config.DEFAULT_JOB_TIMEOUT_S,
     poll_schedule: PollSchedule | None = None,
+    home: str | os.PathLike[str] | None = None,
 ) -> ResolvedClient:
     """The client a cell should use now; see the module docstring for the precedence.
 
     Raises ``MissingAPIKeyError`` (saying how to provide a key) when no key is configured and
     the fallback is off or a base URL was configured. Clients are reused while the settings
-    stay the same, so cells share connections.
+    stay the same, so cells share connections. ``home`` is the history directory (default:
+    ``MIRAGIC_HOME``, else the user data directory); every client records its jobs there.
     """
+    from .history import History, default_home
+
+    history_home = default_home(home)
     global _notice_given
     key, key_source = _pick_key(api_key)
     explicit_url = base_url or os.environ.get(config.ENV_BASE_URL) or None
@@ -199,12 +209,13 @@ def resolve_client(
                 notice = FALLBACK_NOTICE
             why = "%miragic emulator start" if _prefer_emulator else "no key configured"
             client = _cached(
-                ("builtin", emulator.url, timeout, repr(poll_schedule)),
+                ("builtin", emulator.url, timeout, repr(poll_schedule), history_home),
                 lambda: EmulatorClient(
                     api_key=emulator.api_key,
                     base_url=emulator.url,
                     timeout=timeout,
                     poll_schedule=poll_schedule,
+                    history=History(history_home),
                 ),
             )
             return ResolvedClient(
@@ -214,9 +225,13 @@ def resolve_client(
         raise MissingAPIKeyError(_missing_key_message(explicit_url), field="api_key")
     resolved_url = config.base_url_from_env(explicit_url)
     client = _cached(
-        ("api", key, resolved_url, timeout, repr(poll_schedule)),
+        ("api", key, resolved_url, timeout, repr(poll_schedule), history_home),
         lambda: Client(
-            api_key=key, base_url=resolved_url, timeout=timeout, poll_schedule=poll_schedule
+            api_key=key,
+            base_url=resolved_url,
+            timeout=timeout,
+            poll_schedule=poll_schedule,
+            history=History(history_home),
         ),
     )
     return ResolvedClient(

@@ -303,17 +303,16 @@ class Miragic(Magics, Configurable):
         requests = self._requests(args, prompt)
         timeout = args.timeout or self.timeout
         resolved = self._resolve()
-        history = self._history()
         slots = self._slots(requests, many=len(requests) > 1)
         for slot in slots:
             if self.reuse and not args.fresh and slot.request.seed is not None:
-                self._try_reuse(slot, history, resolved.client, resolved.is_emulator)
+                self._try_reuse(slot, resolved.client, resolved.is_emulator)
+        # Reuse was decided above, per slot, so the run itself always creates a job.
         self._run(
             [s for s in slots if not s.done],
-            lambda slot, **kw: resolved.client.run(slot.request, timeout=timeout, **kw),
-            resolved.client,
-            history,
-            timeout=timeout,
+            lambda slot, **kw: resolved.client.run(
+                slot.request, timeout=timeout, reuse=False, **kw
+            ),
         )
         return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
 
@@ -378,15 +377,7 @@ class Miragic(Magics, Configurable):
 
     # -- running jobs ----------------------------------------------------------------------
 
-    def _run(
-        self,
-        slots: list[_Slot],
-        work: Callable[..., GeneratedImage],
-        client: Client,
-        history: History,
-        *,
-        timeout: float,
-    ) -> None:
+    def _run(self, slots: list[_Slot], work: Callable[..., GeneratedImage]) -> None:
         """Run each slot's job in a worker; draw progress here; handle the interrupt.
 
         Workers only put events on a queue: every widget and print call happens on this thread,
@@ -396,34 +387,19 @@ class Miragic(Magics, Configurable):
             return
         events: queue.Queue[tuple[str, _Slot, Any]] = queue.Queue()
         cancel = threading.Event()
-        records = getattr(client, "history", None) is None  # a client with history records itself
 
+        # The client records each job in the history (id at creation, result, failure).
         def job(slot: _Slot) -> GeneratedImage:
             def created(job: Job) -> None:
                 slot.job_id = job.id
                 events.put(("progress", slot, job))
-                if records:
-                    _quietly(history.record_created, job.id, slot.request, base_url=client.base_url)
 
-            try:
-                image = work(
-                    slot,
-                    on_created=created,
-                    on_progress=lambda job: events.put(("progress", slot, job)),
-                    cancel=cancel,
-                )
-            except BaseException as exc:
-                if records and slot.job_id:
-                    _quietly(
-                        history.record_status,
-                        slot.job_id,
-                        _history_status(exc, cancel),
-                        error_message=str(exc),
-                    )
-                raise
-            if records:
-                _quietly(history.record_result, image)
-            return image
+            return work(
+                slot,
+                on_created=created,
+                on_progress=lambda job: events.put(("progress", slot, job)),
+                cancel=cancel,
+            )
 
         for slot in slots:
             slot.progress.show()
@@ -548,9 +524,11 @@ class Miragic(Magics, Configurable):
         exc._render_traceback_ = lambda: list(text)  # type: ignore[attr-defined]
         return exc
 
-    def _try_reuse(self, slot: _Slot, history: History, client: Client, is_emulator: bool) -> None:
+    def _try_reuse(self, slot: _Slot, client: Client, is_emulator: bool) -> None:
+        if client.history is None:
+            return
         try:
-            image = history.reuse(slot.request, base_url=client.base_url)
+            image = client.history.reuse(slot.request, base_url=client.base_url)
         except Exception:  # an unreadable history must never stop a generation
             image = None
         if image is None:
@@ -671,7 +649,6 @@ class Miragic(Magics, Configurable):
             )
         timeout = args.timeout or self.timeout
         resolved = self._resolve()
-        history = self._history()
         slot = _Slot(
             label="resume",
             request=GenerationRequest("(resumed job)"),
@@ -684,7 +661,7 @@ class Miragic(Magics, Configurable):
                 args.job_id, timeout=timeout, on_progress=on_progress, cancel=cancel
             )
 
-        self._run([slot], work, resolved.client, history, timeout=timeout)
+        self._run([slot], work)
         if slot.image is not None and resolved.is_emulator:
             slot.image.info["miragic"]["emulator"] = True
         return self._finish([slot], args.out, False, columns=1)
@@ -749,6 +726,7 @@ class Miragic(Magics, Configurable):
             offline_fallback=self.offline_fallback,
             timeout=self.timeout,
             poll_schedule=self._poll_schedule(),
+            home=self.home or None,
         )
         if resolved.notice:
             print(resolved.notice)
@@ -786,26 +764,6 @@ def _one_line(exc: BaseException | None, hint: str = "") -> str:
         return str(exc)
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text + hint
-
-
-def _history_status(exc: BaseException, cancel: threading.Event) -> str:
-    if cancel.is_set():
-        return "CANCELLED"
-    if isinstance(exc, JobFailedError):
-        return "FAILED"
-    if isinstance(exc, JobTimeoutError):
-        return "TIMEOUT"
-    return "ERROR"
-
-
-def _quietly(action: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """History writes are a safety net: a full disk must not lose the image in hand."""
-    import logging
-
-    try:
-        action(*args, **kwargs)
-    except Exception as exc:
-        logging.getLogger("miragic_nb").warning("could not update the job history: %s", exc)
 
 
 def _history_row(record: Any) -> str:

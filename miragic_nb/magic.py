@@ -808,6 +808,24 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     # Magics.__init__ adds the instance to shell.configurables (for %config) and takes the
     # shell as its traitlets parent, so c.Miragic.* from ipython_config.py applies.
     ipython.register_magics(Miragic(shell=ipython))  # type: ignore[no-untyped-call]
+    # IPython asks Pillow for PNG *and* JPEG, so every crop, thumbnail or blend of a result
+    # would be stored twice, once lossily. Frontends prefer the PNG: keep only that.
+    _pil_jpeg_formatter(ipython).for_type(_pil_image_class(), _no_jpeg)
+
+
+def _no_jpeg(image: Any) -> None:
+    return None
+
+
+def _pil_jpeg_formatter(ipython: InteractiveShell) -> Any:
+    formatter: Any = ipython.display_formatter
+    return formatter.formatters["image/jpeg"]
+
+
+def _pil_image_class() -> type:
+    from PIL import Image
+
+    return Image.Image
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
@@ -819,6 +837,10 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     for kind in ("line", "cell"):
         manager.magics[kind].pop("miragic", None)
     manager.registry.pop("Miragic", None)
+    jpeg = _pil_jpeg_formatter(ipython)
+    # By name, like the magics above: %reload_ext leaves the older module's function behind.
+    if getattr(jpeg.type_printers.get(_pil_image_class()), "__name__", "") == _no_jpeg.__name__:
+        jpeg.pop(_pil_image_class())
 
 
 __all__ = ["Miragic", "load_ipython_extension", "unload_ipython_extension"]

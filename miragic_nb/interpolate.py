@@ -2,8 +2,11 @@
 
 IPython expands ``{expr}`` in a magic's line, never in a cell body, so the magic does its own,
 much narrower substitution. Unlike ``str.format`` it never raises: JSON, unknown names, stray
-braces, format specs (``{x:>4}``) and conversions (``{x!r}``) stay as they are. ``{{`` and ``}}``
-give literal braces. Only these forms are replaced, when ``name`` is in the namespace:
+braces, format specs (``{x:>4}``) and conversions (``{x!r}``) stay as they are. ``{{`` gives a
+literal ``{``, and a ``}}`` that closes it gives ``}`` (so ``{{style}}`` is the text
+``{style}``); a ``}}`` with no ``{{`` before it is left alone, because nested JSON ends that way
+(``{"size": {"w": 1}}``) and valid JSON never contains ``{{``. Only these forms are replaced,
+when ``name`` is in the namespace:
 
 - ``{name}``
 - ``{name.attr}`` (any chain of public attributes)
@@ -31,7 +34,22 @@ _MISSING = object()
 
 def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     """Fill ``{name}``-style placeholders from ``namespace``; never raises on any template."""
-    return _TOKEN.sub(lambda match: _replacement(match, namespace), template)
+    open_escapes = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal open_escapes
+        token = match.group(0)
+        if token == "{{":
+            open_escapes += 1
+            return "{"
+        if token == "}}":
+            if open_escapes == 0:
+                return token  # e.g. the end of nested JSON
+            open_escapes -= 1
+            return "}"
+        return _replacement(match, namespace)
+
+    return _TOKEN.sub(replace, template)
 
 
 def placeholders(template: str, namespace: Mapping[str, Any]) -> list[str]:
@@ -46,10 +64,6 @@ def placeholders(template: str, namespace: Mapping[str, Any]) -> list[str]:
 
 def _replacement(match: re.Match[str], namespace: Mapping[str, Any]) -> str:
     token = match.group(0)
-    if token == "{{":
-        return "{"
-    if token == "}}":
-        return "}"
     value = _resolve(match, namespace)
     if value is _MISSING:
         return token

@@ -129,12 +129,29 @@ class WidgetProgress(JobProgress):
         )
         self._detail = widgets.HTML()
         self.widget = _box_class()(children=[self._head, self._bar, self._detail], progress=self)
+        self._handle: Any = None
         self._render()
 
     def show(self) -> None:
+        """Display the bar; when it finishes, its output's text/plain becomes the final line."""
         from IPython.display import display
 
-        display(self.widget)  # type: ignore[no-untyped-call]
+        self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
+
+    def succeed(self, message: str = "") -> None:
+        super().succeed(message)
+        self._refresh_output()
+
+    def fail(self, message: str) -> None:
+        super().fail(message)
+        self._refresh_output()
+
+    def _refresh_output(self) -> None:
+        # Re-publishing the same widget keeps the live view and replaces the saved text/plain
+        # (written when the bar was first shown) with the outcome, for viewers without widgets.
+        # Only after show(), which the caller does on the cell's own thread.
+        if self._handle is not None:
+            self._handle.update(self.widget)
 
     def _render(self) -> None:
         label = f"<b>{html.escape(self.label)}</b> " if self.label else ""

@@ -56,6 +56,8 @@ SIZE_PRESETS: dict[str, tuple[int, int]] = {
     "small square (drafts)": (512, 512),
 }
 CUSTOM_SIZE = "custom"
+#: Widest the selected result is drawn, in CSS pixels (the file keeps its full size).
+RESULT_PX = 512
 #: Longest side of a gallery thumbnail, in pixels.
 THUMBNAIL_PX = 160
 #: Finished progress rows kept on screen (running ones always stay).
@@ -110,25 +112,26 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
             layout=widgets.Layout(max_width=f"{THUMBNAIL_PX}px", height="auto"),
         )
         meta = image.metadata
+        prompt = str(meta.get("prompt", ""))
         self.caption = widgets.HTML(
-            f"<span title='{html.escape(str(meta.get('prompt', '')), quote=True)}'>"
-            f"{html.escape(_excerpt(str(meta.get('prompt', '')), 40))}</span><br>"
-            f"<small style='{_MUTED_STYLE}'>{html.escape(_short_caption(image))}</small>",
+            f"<div style='line-height: 1.3' title='{html.escape(prompt, quote=True)}'>"
+            f"{html.escape(_excerpt(prompt, 40))}<br>"
+            f"<small style='{_MUTED_STYLE}'>{html.escape(_short_caption(image))}</small></div>",
             layout=widgets.Layout(width=f"{THUMBNAIL_PX}px"),
         )
-        button = widgets.Layout(width="auto", flex="1 1 auto")
+        # Icons with tooltips: three labelled buttons do not fit under a thumbnail.
         self.select_button = widgets.Button(
-            description="Show", tooltip="Show this result above", layout=button
+            icon="eye", tooltip="Show this result above", layout=_card_button()
         )
         self.use_button = widgets.Button(
-            description="Input",
+            icon="arrow-right",
             tooltip="Use as input: switch to kontext with this result's URL as the input image",
-            layout=button,
+            layout=_card_button(),
         )
         self.save_button = widgets.Button(
-            description="Save",
-            tooltip="Save the original file, prompt and parameters embedded",
-            layout=button,
+            icon="download",
+            tooltip="Save the original file, with the prompt and parameters embedded",
+            layout=_card_button(),
         )
         super().__init__(
             children=[
@@ -184,6 +187,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             value="flux",
             description="Model",
             style=label,
+            layout=widgets.Layout(width="24em"),
         )
         self.model_help = widgets.HTML()
         self.size_preset = widgets.Dropdown(
@@ -253,13 +257,14 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             description="Use as input",
             icon="arrow-right",
             disabled=True,
+            layout=widgets.Layout(width="auto"),
             tooltip="Switch to kontext with this result's URL as the input image",
         )
         self.save_path = widgets.Text(
             placeholder="file or folder (default: miragic-<job>.<ext> here)",
             description="Save to",
             style={"description_width": "4em"},
-            layout=widgets.Layout(width="24em"),
+            layout=widgets.Layout(width="100%"),
         )
         self.save_button = widgets.Button(
             description="Save",
@@ -296,9 +301,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 widgets.HBox([self.generate_button, self.cancel_button]),
                 self.status,
                 self.progress_area,
-                self.result_image,
-                self.result_caption,
-                widgets.HBox([self.use_as_input_button, self.save_path, self.save_button]),
+                widgets.HBox(
+                    [
+                        self.result_image,
+                        widgets.VBox(
+                            [
+                                self.result_caption,
+                                widgets.HBox([self.use_as_input_button, self.save_button]),
+                                self.save_path,
+                            ],
+                            layout=widgets.Layout(margin="0 0 0 12px", flex="1 1 16em"),
+                        ),
+                    ],
+                    layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"),
+                ),
                 self.gallery,
             ],
             layout=widgets.Layout(max_width="980px"),
@@ -354,7 +370,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         except MiragicError as exc:
             self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
             return None
-        label = f"{request.model} {request.width}×{request.height} · {_excerpt(request.prompt, 32)}"
+        label = _excerpt(request.prompt, 28)
         progress = make_progress(label, widgets=True)
         assert isinstance(progress, WidgetProgress)  # ipywidgets is imported above
         job = PanelJob(request=request, progress=progress)
@@ -406,11 +422,11 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.result_image.format = (image.format or "jpeg").lower()
         self.result_image.value = image.original_bytes  # the server's bytes, not a re-encode
         self.result_image.layout.display = None
-        self.result_image.width = str(min(image.width, 768))
+        self.result_image.width = str(min(image.width, RESULT_PX))
         prompt = str(image.metadata.get("prompt", ""))
         self.result_caption.value = (
-            f"<b>{html.escape(prompt)}</b><br>"
-            f"<small style='{_MUTED_STYLE}'>{html.escape(image.caption())}</small>"
+            f"<div style='line-height: 1.3'><b>{html.escape(prompt)}</b><br>"
+            f"<small style='{_MUTED_STYLE}'>{html.escape(image.caption())}</small></div>"
         )
         self.use_as_input_button.disabled = not image.metadata.get("result_url")
         self.save_button.disabled = False
@@ -535,13 +551,17 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             return
         job.state = RUNNING
         job.progress.update(status)
-        self._show_status(_MUTED_STYLE, html.escape(job.progress.text()))
+        self._show_status(
+            _MUTED_STYLE, html.escape(f"{job.progress.status} · {job.progress.detail_text()}")
+        )
 
     def _on_result(self, job: PanelJob, image: GeneratedImage) -> None:
         job.state = COMPLETED
         job.image = image
         job.job_id = job.job_id or image.metadata.get("job_id")
-        job.progress.succeed(image.caption())
+        elapsed = image.metadata.get("elapsed_s")
+        took = f" · {elapsed:.1f}s" if isinstance(elapsed, (int, float)) else ""
+        job.progress.succeed(f"{image.width}×{image.height}{took}")
         self._results.insert(0, image)
         card = ResultCard(image)
         card.select_button.on_click(lambda _: self.select(image))
@@ -723,6 +743,10 @@ def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
     return buffer.getvalue()
 
 
+def _card_button() -> widgets.Layout:
+    return widgets.Layout(width="auto", flex="1 1 auto", margin="2px")
+
+
 def _preset_size(option: str) -> tuple[int, int] | None:
     name = option.split(" · ", 1)[0]
     return SIZE_PRESETS.get(name)
@@ -730,7 +754,9 @@ def _preset_size(option: str) -> tuple[int, int] | None:
 
 def _short_description(text: str) -> str:
     """``"fast drafts: lower latency, ..."`` → ``"fast drafts"`` for the dropdown's labels."""
-    return text.split(";", 1)[0].split(":", 1)[0].strip()
+    for separator in (";", ":", " and "):
+        text = text.split(separator, 1)[0]
+    return text.strip()
 
 
 def _short_caption(image: GeneratedImage) -> str:

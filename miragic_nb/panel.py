@@ -485,11 +485,15 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         await self._runner.settle()
 
     def close(self) -> None:
-        """Cancel running jobs, stop the worker threads and close every widget."""
+        """Cancel running jobs, stop the worker threads and close every widget of the panel."""
         self.cancel()
         self._runner.shutdown()
-        for card in self._cards:
-            card.close()
+        # Widget.close() leaves children, layouts and styles open (and registered with the
+        # kernel): close everything the panel made.
+        roots = [self, *self._cards, *(job.row for job in self._jobs if job.row is not None)]
+        for widget in _widget_tree(roots):
+            if widget is not self:
+                widget.close()
         super().close()
 
     def __repr__(self) -> str:
@@ -741,6 +745,21 @@ def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
     return buffer.getvalue()
+
+
+def _widget_tree(roots: list[widgets.Widget]) -> list[widgets.Widget]:
+    """Every widget reachable from ``roots`` through trait values (children, layout, style)."""
+    found: dict[int, widgets.Widget] = {}
+    stack = list(roots)
+    while stack:
+        widget = stack.pop()
+        if id(widget) in found:
+            continue
+        found[id(widget)] = widget
+        for value in widget.trait_values().values():
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            stack.extend(item for item in items if isinstance(item, widgets.Widget))
+    return list(found.values())
 
 
 def _card_button() -> widgets.Layout:

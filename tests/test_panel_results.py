@@ -17,7 +17,7 @@ from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from miragic_nb.history import read_embedded_metadata
 from miragic_nb.panel import Panel
-from tests.panel_fixtures import CREATE, panel, trait_text, widget_tree
+from tests.panel_fixtures import CREATE, panel, trait_text, until, widget_tree
 
 __all__ = ["panel"]  # the fixture, used by name
 
@@ -202,3 +202,21 @@ def test_without_a_key_and_without_the_fallback_generate_says_how_to_get_one(
     assert "%miragic login" in panel.status.value
     assert panel.history == []
     panel.close()
+
+
+def test_close_cancels_running_jobs_and_closes_every_widget(
+    panel: Panel, emulator: Emulator
+) -> None:
+    emulator.job_seconds = 60
+    panel.prompt.value = "closed mid-job"
+
+    async def scenario() -> None:
+        panel.generate_button.click()
+        await until(lambda: panel.history[0].job_id is not None)
+        tree = widget_tree(panel)
+        panel.close()
+        await panel.wait()
+        assert [w for w in tree if w.comm is not None] == []
+
+    asyncio.run(scenario())
+    assert panel.history[0].state == "cancelled"

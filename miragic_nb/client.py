@@ -369,6 +369,7 @@ class Client:
         if first > 0 and pause(first):
             return
         failures = 0
+        saw_progress = False
         while True:
             delay: float
             try:
@@ -383,7 +384,8 @@ class Client:
             else:
                 failures = 0
                 if job.is_completed:
-                    self._learn_duration(job, submission)
+                    self._learn_duration(job, submission, progress=saw_progress)
+                saw_progress = saw_progress or job.progress is not None
                 yield job
                 if job.is_finished:
                     return
@@ -391,18 +393,19 @@ class Client:
             if pause(delay):
                 return
 
-    def _learn_duration(self, job: Job, submission: Submission | None) -> None:
+    def _learn_duration(self, job: Job, submission: Submission | None, *, progress: bool) -> None:
         """Feed a completed job's server-side duration to ``durations``."""
         seconds = job.processing_seconds
         if seconds is None:
             return
         if submission is not None:
-            self.durations.observe(*submission.kind, seconds)
+            self.durations.observe(*submission.kind, seconds, progress=progress)
             return
         params = job.parameters
         width, height = params.get("width", ""), params.get("height", "")
         if params.get("model") and width.isdigit() and height.isdigit():
-            self.durations.observe(params["model"], int(width), int(height), seconds)
+            kind = (params["model"], int(width), int(height))
+            self.durations.observe(*kind, seconds, progress=progress)
 
     def download(self, job: Job) -> tuple[bytes, Job]:
         """Fetch a completed job's image bytes; returns them with the job they came from.

@@ -36,6 +36,8 @@ class DurationEstimate:
     low: float
     high: float
     samples: int = 0
+    #: Whether jobs of this kind reported ``progress`` while they ran.
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.low <= self.high or math.isinf(self.high):
@@ -68,6 +70,11 @@ class PollSchedule:
     window_reads: int = 3
     #: Resolution of the server's progress figures (whole percent: 42 means 42 to 43).
     progress_step: float = 1.0
+    #: When progress is reported, a learned window is trusted for the first read only if it
+    #: comes from at least ``trusted_samples`` jobs and is no wider than ``narrow_spread``
+    #: (high / low); otherwise (jobs of mixed length) a quick first read measures the rate.
+    narrow_spread: float = 1.5
+    trusted_samples: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.min_delay <= self.max_delay:
@@ -137,9 +144,17 @@ class PollPlan:
         """Sleep before the first status read."""
         if not self.age_known:
             return 0.0
-        if self.expected is not None:
-            return self._sleep_until(self.expected.low, elapsed)
-        return max(0.0, self.schedule.initial_delay - elapsed)
+        expected = self.expected
+        schedule = self.schedule
+        if expected is not None and (
+            not expected.progress
+            or (
+                expected.samples >= schedule.trusted_samples
+                and expected.high <= schedule.narrow_spread * expected.low
+            )
+        ):
+            return self._sleep_until(expected.low, elapsed)
+        return max(0.0, schedule.initial_delay - elapsed)
 
     def next_delay(self, *, elapsed: float, progress: float | None) -> float:
         """Sleep after a status read that found the job still running."""
@@ -257,24 +272,31 @@ class DurationLearner:
         self.tolerance = tolerance
         self.single_tolerance = single_tolerance
         self._durations: dict[ModelSize, deque[float]] = {}
+        self._progress: dict[ModelSize, bool] = {}
         self._lock = threading.Lock()
 
-    def observe(self, model: str, width: int, height: int, seconds: float) -> None:
-        """Record one finished job's server-side duration."""
+    def observe(
+        self, model: str, width: int, height: int, seconds: float, *, progress: bool = False
+    ) -> None:
+        """Record one finished job's server-side duration, and whether it reported progress."""
         if not math.isfinite(seconds) or seconds < 0:
             return
         key = (model.lower(), width, height)
         with self._lock:
             self._durations.setdefault(key, deque(maxlen=self.window)).append(seconds)
+            self._progress[key] = progress
 
     def estimate(self, model: str, width: int, height: int) -> DurationEstimate | None:
         """The expected duration of a new job like this, or None before any was seen."""
+        key = (model.lower(), width, height)
         with self._lock:
-            seen = tuple(self._durations.get((model.lower(), width, height), ()))
+            seen = tuple(self._durations.get(key, ()))
+            progress = self._progress.get(key, False)
         if not seen:
             return None
         spread = self.single_tolerance if len(seen) == 1 else self.tolerance
-        return DurationEstimate(min(seen) * (1 - spread), max(seen) * (1 + spread), len(seen))
+        low, high = min(seen) * (1 - spread), max(seen) * (1 + spread)
+        return DurationEstimate(low, high, len(seen), progress)
 
     def __repr__(self) -> str:
         with self._lock:

@@ -230,3 +230,27 @@ def test_learner_ignores_nonsense_durations() -> None:
 def test_schedule_refuses_nonsense_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="need"):
         PollSchedule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_with_progress_a_wide_learned_window_does_not_delay_the_first_read() -> None:
+    schedule = PollSchedule(initial_delay=0.25, narrow_spread=1.5)
+    mixed = DurationEstimate(0.5, 6.0, 5, progress=True)  # jobs of mixed length
+    similar = DurationEstimate(2.7, 3.3, 5, progress=True)
+    silent = DurationEstimate(0.5, 6.0, 5, progress=False)  # no progress: the window is all
+    one_job = DurationEstimate(2.7, 3.3, 1, progress=True)  # one job says nothing of spread
+    assert schedule.plan(create_seconds=0.0, expected=mixed).first_delay(elapsed=0.0) == 0.25
+    assert schedule.plan(create_seconds=0.0, expected=one_job).first_delay(elapsed=0.0) == 0.25
+    assert schedule.plan(create_seconds=0.0, expected=similar).first_delay(elapsed=0.0) == 2.7
+    assert schedule.plan(create_seconds=0.0, expected=silent).first_delay(elapsed=0.0) == 0.5
+
+
+def test_learner_remembers_whether_the_kind_reports_progress() -> None:
+    learner = DurationLearner()
+    learner.observe("turbo", 512, 512, 1.0, progress=True)
+    estimate = learner.estimate("turbo", 512, 512)
+    assert estimate is not None
+    assert estimate.progress
+    learner.observe("turbo", 512, 512, 1.1, progress=False)
+    estimate = learner.estimate("turbo", 512, 512)
+    assert estimate is not None
+    assert not estimate.progress

@@ -1,0 +1,7 @@
+"""``python -m benchmarks [--quick] [--only NAME ...]``."""
+
+from __future__ import annotations
+
+from .run import main
+
+raise SystemExit(main())

@@ -87,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
     except (demo.DemoError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Done: {result.image_outputs} images.")
+    print(f"Done: {result.images} images.")
     print(f"  notebook: {result.notebook}")
     print(f"  html:     {result.html}")
     return 0

@@ -46,7 +46,7 @@ class DemoResult:
 
     notebook: Path
     html: Path
-    image_outputs: int
+    images: int
 
 
 def notebook_dirs() -> list[Path]:
@@ -122,6 +122,13 @@ def run_notebook(
             first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
             on_cell(code_cells.index(cell_index) + 1, len(code_cells), first_line)
 
+    failed_cells: list[int] = []
+
+    def cell_failed(cell: Any, cell_index: int, **_: Any) -> None:
+        # Not every failure leaves an "error" output (IPython prints a UsageError to stderr).
+        if "raises-exception" not in cell.metadata.get("tags", []):
+            failed_cells.append(cell_index)
+
     client = nbclient.NotebookClient(
         notebook,
         kernel_name=KERNEL_NAME,
@@ -130,13 +137,15 @@ def run_notebook(
         store_widget_state=True,
         resources={"metadata": {"path": str(output_dir)}},
         on_cell_start=cell_started,
+        on_cell_error=cell_failed,
         config=_kernel_manager_config(),
     )
     failure: str | None = None
     try:
         client.execute(env=kernel_env)
     except nbclient.exceptions.CellExecutionError as exc:
-        failure = _describe_failure(notebook, exc.ename, exc.evalue)
+        number = code_cells.index(failed_cells[0]) + 1 if failed_cells else None
+        failure = _describe_failure(number, exc.ename, exc.evalue)
     except nbclient.exceptions.CellTimeoutError:
         failure = f"a cell ran longer than {cell_timeout:g}s (raise it with --timeout)"
     except nbclient.exceptions.DeadKernelError as exc:
@@ -158,29 +167,26 @@ def run_notebook(
             f"{source.name}: the API key appeared in the executed notebook (a bug, please "
             f"report it); it was redacted before saving {target}"
         )
-    return DemoResult(notebook=target, html=html, image_outputs=count_image_outputs(notebook))
+    return DemoResult(notebook=target, html=html, images=count_images(notebook))
 
 
-def count_image_outputs(notebook: Any) -> int:
-    """How many outputs in ``notebook`` carry an image."""
-    return sum(
-        1
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.get("outputs", [])
-        if any(mime.startswith("image/") for mime in output.get("data", {}))
-    )
-
-
-def _describe_failure(notebook: Any, ename: str, evalue: str) -> str:
-    code_number = 0
+def count_images(notebook: Any) -> int:
+    """How many images the outputs of ``notebook`` show: image outputs and HTML ``<img>``s."""
+    total = 0
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
-        code_number += 1
-        if any(output.get("output_type") == "error" for output in cell.get("outputs", [])):
-            return f"code cell {code_number} failed with {ename}: {_first_line(evalue)}"
-    return f"a cell failed with {ename}: {_first_line(evalue)}"
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            total += any(mime.startswith("image/") for mime in data)
+            html = data.get("text/html", "")
+            total += ("".join(html) if isinstance(html, list) else html).count("<img")
+    return total
+
+
+def _describe_failure(code_cell_number: int | None, ename: str, evalue: str) -> str:
+    where = f"code cell {code_cell_number}" if code_cell_number else "a cell"
+    return f"{where} failed with {ename}: {_first_line(evalue)}"
 
 
 def _first_line(text: str) -> str:

@@ -318,7 +318,8 @@ class Miragic(Magics, Configurable):
 
     def _requests(self, args: argparse.Namespace, prompt: str) -> list[GenerationRequest]:
         """Every request of the cell, validated before anything is sent."""
-        models = [m.strip().lower() for m in (args.model or self.model).split(",") if m.strip()]
+        names = (args.model or self.model).split(",")
+        models = list(dict.fromkeys(m.strip().lower() for m in names if m.strip()))
         if not models:
             raise UsageError(f"%%miragic: --model needs a model name: {', '.join(MODELS)}")
         unknown = [m for m in models if m not in MODELS]
@@ -337,8 +338,9 @@ class Miragic(Magics, Configurable):
             )
         requests = []
         try:
-            for model in dict.fromkeys(models):
-                for index in range(args.n):
+            # Seed-major order: with a model list, each grid row is one seed, each column a model.
+            for index in range(args.n):
+                for model in models:
                     requests.append(
                         GenerationRequest(
                             prompt,
@@ -358,14 +360,15 @@ class Miragic(Magics, Configurable):
         return requests
 
     def _slots(self, requests: list[GenerationRequest], *, many: bool) -> list[_Slot]:
-        compare = len({r.model for r in requests}) > 1
+        models = len({r.model for r in requests})
+        compare = models > 1
+        per_model = len(requests) // models
         slots = []
         for index, request in enumerate(requests):
-            parts = [request.model] if compare or not many else []
-            if many:
-                parts.append(
-                    f"seed {request.seed}" if request.seed is not None else f"#{index + 1}"
-                )
+            parts = [request.model] if compare else []  # one job: the caption names the model
+            if per_model > 1:
+                seed = request.seed
+                parts.append(f"seed {seed}" if seed is not None else f"#{index // models + 1}")
             label = " · ".join(parts)
             progress = self._make_progress(label, many=many)
             slots.append(_Slot(label=label, request=request, progress=progress))

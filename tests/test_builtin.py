@@ -24,7 +24,8 @@ def test_no_key_anywhere_uses_the_builtin_emulator_and_says_so_once() -> None:
     first = builtin.resolve_client(poll_schedule=FAST_POLLS)
     assert first.is_emulator
     assert first.notice == builtin.FALLBACK_NOTICE
-    assert "no MIRAGIC_API_KEY" in first.notice and "%miragic login" in first.notice
+    assert "no MIRAGIC_API_KEY" in first.notice
+    assert "%miragic login" in first.notice
     emulator = builtin.builtin_emulator_running()
     assert emulator is not None
     assert first.client.base_url == emulator.url
@@ -57,16 +58,15 @@ def test_the_builtin_key_is_random_and_not_in_the_source_text() -> None:
     assert emulator.api_key != "emulator-key"
 
 
-def test_a_key_in_the_environment_wins(
-    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_key_in_the_environment_wins(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
     monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
     resolved = builtin.resolve_client(poll_schedule=FAST_POLLS)
     assert not resolved.is_emulator
     assert resolved.notice is None
     assert resolved.client.base_url == emulator.url
-    assert "MIRAGIC_API_KEY" in resolved.source and "MIRAGIC_BASE_URL" in resolved.source
+    assert "MIRAGIC_API_KEY" in resolved.source
+    assert "MIRAGIC_BASE_URL" in resolved.source
     assert emulator.api_key not in resolved.source
     assert builtin.builtin_emulator_running() is None
     assert resolved.client.generate("ok", width=256, height=256).metadata.get("emulator") is None
@@ -116,7 +116,8 @@ def test_without_the_fallback_a_missing_key_says_how_to_provide_one(
     with pytest.raises(MissingAPIKeyError) as caught:
         builtin.resolve_client(offline_fallback=how != "argument")
     message = str(caught.value)
-    assert "MIRAGIC_API_KEY" in message and "%miragic login" in message
+    assert "MIRAGIC_API_KEY" in message
+    assert "%miragic login" in message
     assert builtin.builtin_emulator_running() is None
 
 
@@ -136,7 +137,8 @@ def test_explicit_emulator_start_wins_until_stopped(
     monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
     started = builtin.start_builtin_emulator()
     resolved = builtin.resolve_client()
-    assert resolved.is_emulator and resolved.client.base_url == started.url
+    assert resolved.is_emulator
+    assert resolved.client.base_url == started.url
     assert resolved.notice is None  # chosen on purpose: no fallback notice
     assert builtin.stop_builtin_emulator() is True
     assert builtin.stop_builtin_emulator() is False

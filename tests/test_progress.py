@@ -7,7 +7,7 @@ from typing import Any
 
 import ipywidgets as widgets
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing import globalipapp
 
 from miragic_nb.jobs import Job
 from miragic_nb.progress import (
@@ -62,7 +62,7 @@ def test_unknown_progress_is_indeterminate_then_a_percent_when_reported() -> Non
 def test_success_turns_green_and_shows_the_message() -> None:
     view = make_progress("flux", widgets=True)
     assert isinstance(view, WidgetProgress)
-    head, bar, detail = parts(view)
+    _head, bar, detail = parts(view)
     view.update(job("PENDING", progress=10))
     view.succeed("flux · 1024×1024 · seed 1")
     assert bar.bar_style == "success"
@@ -121,7 +121,8 @@ def test_text_progress_rewrites_one_line_on_a_terminal() -> None:
     view.succeed()
     out = stream.getvalue()
     assert out.count("\r") == 3
-    assert out.count("\n") == 1 and out.endswith("\n")
+    assert out.count("\n") == 1
+    assert out.endswith("\n")
     assert "flux: pending · running…" in out
     assert "flux: pending · 50%" in out
     assert "flux: done · 100%" in out
@@ -143,14 +144,14 @@ def test_text_progress_prints_a_line_per_change_when_not_a_terminal() -> None:
 
 
 def test_auto_detection_is_text_outside_a_kernel() -> None:
-    shell = InteractiveShell.instance()
+    shell = globalipapp.get_ipython()
     assert shell is not None
     assert not in_kernel()
     assert isinstance(make_progress("x"), TextProgress)
 
 
 def test_auto_detection_is_widgets_inside_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    shell = InteractiveShell.instance()
+    shell = globalipapp.get_ipython()
     monkeypatch.setattr(shell, "kernel", object(), raising=False)  # what ipykernel's shell has
     assert in_kernel()
     assert isinstance(make_progress("x"), WidgetProgress)

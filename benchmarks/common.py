@@ -29,6 +29,9 @@ class Row:
     unit: str
     #: Highest acceptable ours/baseline, or None when the row only informs.
     goal: float | None = None
+    #: A goal that is not a ratio (e.g. "≤ 50 ms added"), with whether it was met.
+    goal_text: str = ""
+    passed: bool | None = None
     #: How the baseline was obtained, shown under the table.
     baseline_label: str = ""
     note: str = ""
@@ -42,7 +45,15 @@ class Row:
 
     @property
     def met(self) -> bool | None:
+        if self.passed is not None:
+            return self.passed
         return None if self.goal is None else self.ratio <= self.goal
+
+    @property
+    def goal_label(self) -> str:
+        if self.goal_text:
+            return self.goal_text
+        return "—" if self.goal is None else f"≤ {self.goal:g}×"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio, "met": self.met}

@@ -38,9 +38,10 @@ def _duration_from_prompt(form: Mapping[str, str]) -> float:
 def _run_pair(
     durations: Sequence[float], *, report_progress: bool, job_seconds: object, jitter: float
 ) -> tuple[list[Sample], list[Sample]]:
-    with emulator(
-        job_seconds=job_seconds, jitter=jitter, report_progress=report_progress
-    ) as emu, client_for(emu) as client:
+    with (
+        emulator(job_seconds=job_seconds, jitter=jitter, report_progress=report_progress) as emu,
+        client_for(emu) as client,
+    ):
         ours: list[Sample] = []
         baseline: list[Sample] = []
 
@@ -111,9 +112,7 @@ def run(settings: Settings) -> list[Row]:
         mixed, report_progress=True, job_seconds=_duration_from_prompt, jitter=0.0
     )
     count_b = settings.pick(5, 10)
-    ours_b, base_b = _run_pair(
-        [3.0] * count_b, report_progress=False, job_seconds=3.0, jitter=0.1
-    )
+    ours_b, base_b = _run_pair([3.0] * count_b, report_progress=False, job_seconds=3.0, jitter=0.1)
     return [
         *_rows("a", ours_a, base_a, (0.25, 1.0)),
         *_rows("b", ours_b, base_b, (0.5, 1.5)),

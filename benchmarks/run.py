@@ -17,10 +17,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
-    from . import polling_latency
+    from . import display_cost, import_cost, polling_latency
 
     return {
         "polling": polling_latency.run,
+        "display": display_cost.run,
+        "import": import_cost.run,
     }
 
 
@@ -46,6 +48,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
     if unit in ("reads", "x"):
         return f"{value:.2f}"
+    if unit == "modules":
+        return f"{value:.0f}"
     return f"{value:.3g} {unit}"
 
 
@@ -55,13 +59,15 @@ def table(rows: list[Row]) -> str:
         "|---|---|---:|---:|---:|---:|:-:|",
     ]
     for row in rows:
-        goal = "—" if row.goal is None else f"≤ {row.goal:g}×"
+        goal = row.goal_label
         met = {None: "—", True: "yes", False: "**no**"}[row.met]
         lines.append(
             f"| {row.benchmark} | {row.measure} | {_number(row.baseline, row.unit)} | "
             f"{_number(row.ours, row.unit)} | {row.ratio:.2f}× | {goal} | {met} |"
         )
-    baselines = dict.fromkeys(f"{r.benchmark}: {r.baseline_label}" for r in rows if r.baseline_label)
+    baselines = dict.fromkeys(
+        f"{r.benchmark}: {r.baseline_label}" for r in rows if r.baseline_label
+    )
     notes = [f"- {r.benchmark}, {r.measure}: {r.note}" for r in rows if r.note]
     return "\n".join([*lines, "", "Baselines:", *(f"- {b}" for b in baselines), *notes])
 

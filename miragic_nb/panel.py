@@ -187,7 +187,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             value="flux",
             description="Model",
             style=label,
-            layout=widgets.Layout(width="24em"),
+            layout=widgets.Layout(width="27em"),
         )
         self.model_help = widgets.HTML()
         self.size_preset = widgets.Dropdown(

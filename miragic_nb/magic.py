@@ -24,7 +24,7 @@ import shlex
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
@@ -149,7 +149,8 @@ class _Slot:
     error: BaseException | None = None
     done: bool = False
     reused: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: A worker has taken the slot: its create request may be on the wire.
+    started: bool = False
 
 
 @magics_class
@@ -393,6 +394,8 @@ class Miragic(Magics, Configurable):
 
         # The client records each job in the history (id at creation, result, failure).
         def job(slot: _Slot) -> GeneratedImage:
+            slot.started = True
+
             def created(job: Job) -> None:
                 slot.job_id = job.id
                 events.put(("progress", slot, job))
@@ -467,15 +470,21 @@ class Miragic(Magics, Configurable):
         with contextlib.suppress(KeyboardInterrupt):
             wait(list(futures), timeout=2.0)
         ids = [s.job_id for s in slots if s.job_id and s.image is None]
+        in_flight = sum(1 for s in slots if s.started and not s.job_id)
         for slot in slots:
             if slot.image is None:
                 slot.progress.fail("interrupted")
-        if not ids:
+        if ids:
+            print("Interrupted: stopped waiting. The job(s) may still finish on the server:")
+            for job_id in ids:
+                print(f"    %miragic resume {job_id}")
+        if in_flight:
+            print(
+                f"{in_flight} create request(s) had not been answered; if the server created "
+                "the job, `%miragic history` lists it."
+            )
+        if not ids and not in_flight:
             print("Interrupted before any job was created; no credit was spent.")
-            return
-        print("Interrupted: stopped waiting. The job(s) may still finish on the server:")
-        for job_id in ids:
-            print(f"    %miragic resume {job_id}")
 
     def _resume_hint(self, exc: BaseException) -> str:
         job_id = getattr(exc, "job_id", None)

@@ -76,6 +76,10 @@ class _CreateRetry(_CappedRetry):
     RETRY_AFTER_STATUS_CODES = frozenset({429})
 
 
+#: Statuses urllib3 retries for GETs (status reads and downloads) before we see them.
+_RETRIED_STATUSES = (429, 502, 503, 504)
+
+
 def _read_retry() -> Retry:
     return _CappedRetry(
         total=5,
@@ -85,7 +89,7 @@ def _read_retry() -> Retry:
         other=0,
         backoff_factor=0.25,
         backoff_max=4.0,
-        status_forcelist=(429, 502, 503, 504),
+        status_forcelist=_RETRIED_STATUSES,
         allowed_methods=frozenset({"GET"}),
         respect_retry_after_header=True,
         raise_on_status=False,
@@ -180,7 +184,7 @@ class Client:
         self.history: History | None = History() if history is True else history or None
         key = config.api_key_from_env(api_key)
         self._api_key = config.Secret(key) if key is not None else None
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.poll_schedule = poll_schedule or PollSchedule()
         # How long earlier jobs took per model and size, to time status reads (share one
         # learner between clients to pool what they saw).
@@ -310,7 +314,7 @@ class Client:
         deadline. ``cancel``, when set, stops polling at the next step with ``JobTimeoutError``.
         """
         job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
-        limit = self.timeout if timeout is None else timeout
+        limit = self.timeout if timeout is None else _check_timeout(timeout)
         last: Job | None = job_or_id if isinstance(job_or_id, Job) else None
         for job in self.iter_status(job_id, timeout=limit, cancel=cancel):
             last = job
@@ -430,13 +434,18 @@ class Client:
         return self._fetch_with_retries(fresh.result_url, job_id=job.id), fresh
 
     def _fetch_with_retries(self, url: str, *, job_id: str) -> bytes:
-        # urllib3 retries a GET only until the headers arrive; a body cut mid-way is retried
-        # here (the download is idempotent and the job is already paid for).
+        # urllib3 retries a GET only until the headers arrive; a body cut mid-way, or a 500
+        # from the file server, is retried here (the download is idempotent and the job is
+        # already paid for).
         for attempt in range(DOWNLOAD_ATTEMPTS):
             try:
                 return self._fetch(url, job_id=job_id)
             except DownloadError as exc:
-                if exc.status_code != 0 or attempt == DOWNLOAD_ATTEMPTS - 1:
+                # 0: the connection broke; another 5xx: the file server failed (urllib3 has
+                # already spent its own retries on 502/503/504).
+                code = exc.status_code
+                transient = code == 0 or (code >= 500 and code not in _RETRIED_STATUSES)
+                if not transient or attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise
                 log.info("download of job %s failed (%s); retrying", job_id, exc)
                 time.sleep(0.25 * 2**attempt)
@@ -492,6 +501,8 @@ class Client:
     ) -> GeneratedImage:
         """``generate`` for a ready ``GenerationRequest``; ``on_created`` sees the job id first."""
         started = time.monotonic()
+        if timeout is not None:
+            _check_timeout(timeout)  # before the job is paid for, not after
         if reuse and self.history is not None:
             saved = self.history.reuse(request, base_url=self.base_url)
             if saved is not None:
@@ -600,18 +611,17 @@ class Client:
             response = self._session.request(
                 method, url, timeout=self._timing.as_tuple(), allow_redirects=False, **kwargs
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if _is_read_timeout(exc):
-                raise APIConnectionError(
-                    f"{self.base_url} did not answer within {self._timing.read:g}s", job_id=job_id
-                ) from None
-            raise APIConnectionError(
-                f"could not reach {self.base_url}: {_reason(exc)}", job_id=job_id
-            ) from None
         except requests.RequestException as exc:
-            raise APIConnectionError(
-                f"request to {self.base_url} failed: {_reason(exc)}", job_id=job_id
-            ) from None
+            if _is_read_timeout(exc):
+                message = f"{self.base_url} did not answer within {self._timing.read:g}s"
+            elif isinstance(exc, requests.ConnectionError) and _never_connected(exc):
+                message = f"could not reach {self.base_url}: {_reason(exc)}"
+            else:
+                message = f"request to {self.base_url} failed: {_reason(exc)}"
+            if method == "POST" and not _never_connected(exc):
+                # The create may have reached the server; it is never sent twice (decision 8).
+                message += "; a job may have been created all the same (never sent twice)"
+            raise APIConnectionError(message, job_id=job_id) from None
         with response:
             return _parse_json(response, job_id=job_id)
 
@@ -668,6 +678,15 @@ class Client:
         return data
 
 
+def _check_timeout(timeout: object) -> float:
+    """A job timeout: a positive number of seconds (``inf`` waits for ever)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidRequestError(
+            f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout"
+        )
+    return float(timeout)
+
+
 def _is_read_timeout(exc: BaseException) -> bool:
     """requests reports an exhausted urllib3 read timeout as a ConnectionError; find it."""
     if isinstance(exc, requests.ReadTimeout):
@@ -676,13 +695,46 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors nested in it (args, ``reason``, cause), outermost first."""
+    chain = [exc]
+    while True:
+        inner = chain[-1]
+        nested = [arg for arg in inner.args if isinstance(arg, BaseException)]
+        reason = getattr(inner, "reason", None)
+        following = (
+            nested[-1]
+            if nested
+            else reason
+            if isinstance(reason, BaseException)
+            else inner.__cause__ or inner.__context__
+        )
+        if following is None or any(following is seen for seen in chain):
+            return chain
+        chain.append(following)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True when the connection never opened, so the server certainly saw no request."""
+    unsent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return isinstance(exc, requests.ConnectTimeout) or any(
+        isinstance(inner, unsent) for inner in _chain(exc)
+    )
+
+
 def _reason(exc: BaseException) -> str:
-    """A short cause for a transport error, without URLs' query strings or nested reprs."""
-    text = str(exc.__context__ or exc) if not str(exc) else str(exc)
-    for marker in ("Caused by ", "reason: "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    return body_excerpt(text.strip("()'\""), limit=160) or type(exc).__name__
+    """A short cause for a transport error: its innermost error, e.g. "Connection refused".
+
+    requests and urllib3 nest errors three deep and repeat each one's repr in the next one's
+    message; only the innermost says what happened, without URLs or object addresses.
+    """
+    inner = _chain(exc)[-1]
+    if isinstance(inner, OSError) and inner.strerror:
+        text = inner.strerror
+    else:
+        text = str(inner) or type(inner).__name__
+        text = text.rsplit(": ", 1)[-1] if "object at 0x" in text else text
+    return body_excerpt(text, limit=160) or type(exc).__name__
 
 
 def _parse_json(response: requests.Response, *, job_id: str | None) -> dict[str, Any]:

@@ -83,7 +83,9 @@ def client_for(emu: Emulator, **options: Any) -> Client:
 
 
 #: Dense polling for load tests, where the point is the server's capacity, not the schedule.
-TIGHT_POLLS = PollSchedule(initial_delay=0.0, growth=1.2, max_delay=0.1, min_delay=0.005)
+TIGHT_POLLS = PollSchedule(
+    initial_delay=0.0, growth=1.2, max_delay=0.1, min_delay=0.005, overdue_delay=0.005
+)
 
 
 def timed(action: Callable[[], Any]) -> tuple[float, Any]:

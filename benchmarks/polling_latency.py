@@ -1,6 +1,6 @@
 """Benchmark 1: latency added by polling, and the status reads it costs.
 
-Added latency = (time the caller has the decoded image) − (the job's duration on the server,
+Added latency = (time the caller has the decoded image) - (the job's duration on the server,
 ``processingTimeMs``). The baseline is the reference's loop (read at once, then every 2 s);
 ours is ``Client.generate`` with the default ``PollSchedule`` and a ``DurationLearner`` that
 starts empty. Both run at the same time, job for job, against the same emulator.

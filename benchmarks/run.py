@@ -17,12 +17,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
-    from . import display_cost, import_cost, polling_latency
+    from . import (
+        batches,
+        display_cost,
+        download_decode,
+        import_cost,
+        polling_latency,
+        throughput,
+    )
 
     return {
         "polling": polling_latency.run,
         "display": display_cost.run,
+        "batch": batches.run,
         "import": import_cost.run,
+        "download": download_decode.run,
+        "throughput": throughput.run,
     }
 
 

@@ -64,6 +64,8 @@ class PollSchedule:
     precision: float = 0.2
     #: Added to a predicted end, so the read lands after it rather than just before.
     end_margin: float = 0.02
+    #: First pause once a job has outlived its predicted end (then it grows by ``growth``).
+    overdue_delay: float = 0.05
     #: To narrow a wide window, read at this fraction of the way to its earliest end.
     refine_fraction: float = 0.75
     #: Reads spread over a learned duration window when the server reports no progress.
@@ -180,8 +182,8 @@ class PollPlan:
         if self.overdue_reads:
             # Past the promised end and still running: back off from a short interval, so a
             # job stuck at 99% is not read every few milliseconds.
-            tail = max(schedule.min_delay, schedule.precision / 4)
-            delay = max(delay, tail * schedule.growth ** (self.overdue_reads - 1))
+            tail = schedule.overdue_delay * schedule.growth ** (self.overdue_reads - 1)
+            delay = max(delay, tail)
         return schedule.clamp(delay)
 
     def end_window(self) -> tuple[float, float] | None:

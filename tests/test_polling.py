@@ -137,7 +137,7 @@ def test_inconsistent_progress_falls_back_to_the_newest_reading() -> None:
 
 
 def test_a_job_stuck_at_99_is_read_less_and_less_often() -> None:
-    schedule = PollSchedule(min_delay=0.01, precision=0.2, growth=1.5, max_delay=2.0)
+    schedule = PollSchedule(min_delay=0.01, overdue_delay=0.05, growth=1.5, max_delay=2.0)
     plan = schedule.plan(create_seconds=0.01)
     now = 1.0
     delays = []
@@ -147,7 +147,7 @@ def test_a_job_stuck_at_99_is_read_less_and_less_often() -> None:
         now += delay
     tail = delays[1:]
     assert all(later >= earlier for earlier, later in itertools.pairwise(tail))
-    assert min(tail) >= schedule.precision / 4
+    assert min(tail) >= schedule.overdue_delay
     assert delays[-1] == schedule.max_delay
 
 

@@ -60,6 +60,8 @@ CUSTOM_SIZE = "custom"
 RESULT_PX = 512
 #: Longest side of a gallery thumbnail, in pixels.
 THUMBNAIL_PX = 160
+#: Seconds between redraws of a running job's elapsed time.
+TICK_S = 1.0
 #: Finished progress rows kept on screen (running ones always stay).
 FINISHED_ROWS_SHOWN = 4
 EMULATOR_NOTICE = (
@@ -506,6 +508,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     # -- running a job (on the loop's thread) -------------------------------------------------
 
     async def _run(self, client: Client, job: PanelJob) -> None:
+        ticker = asyncio.get_running_loop().create_task(self._tick(job))
         try:
             image = await self._runner.run(
                 client,
@@ -537,7 +540,15 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 return  # finished as Cancel was pressed; the user asked not to see it
             self._on_result(job, image)
         finally:
+            ticker.cancel()
             self._finish_row_changes()
+
+    async def _tick(self, job: PanelJob) -> None:
+        """Keep the elapsed seconds moving between status reads (which may be seconds apart)."""
+        while job.is_active:
+            await asyncio.sleep(TICK_S)
+            if job.state == RUNNING:
+                job.progress.set_label(job.progress.label)  # re-renders the row
 
     def _on_created(self, job: PanelJob, created: Job) -> None:
         job.job_id = created.id

@@ -15,9 +15,11 @@ import threading
 import ipywidgets as widgets
 import pytest
 
+from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, Fault
 from miragic_nb.images import GeneratedImage
 from miragic_nb.panel import Panel
+from miragic_nb.polling import PollSchedule
 from tests.panel_fixtures import CREATE, STATUS, html_values, panel, until
 
 __all__ = ["panel"]  # the fixture, used by name
@@ -80,12 +82,37 @@ def test_generate_returns_at_once_then_shows_image_progress_status(
     assert panel.cancel_button.disabled is True
 
 
-def test_without_a_running_loop_generate_runs_to_the_end(panel: Panel) -> None:
+def test_without_a_running_loop_generate_runs_to_the_end(panel: Panel, emulator: Emulator) -> None:
     panel.prompt.value = "a plain script"
+    assert panel.seed.value == ""  # blank: random
     job = panel.generate()
     assert job is not None
     assert job.state == "completed"
     assert panel.image is job.image
+    assert "seed" not in emulator.jobs[job.job_id or ""].form
+
+
+def test_elapsed_seconds_move_between_status_reads(emulator: Emulator) -> None:
+    emulator.job_seconds = 60
+    rare_polls = PollSchedule(initial_delay=60, max_delay=60)
+    with Client(api_key=emulator.api_key, base_url=emulator.url, poll_schedule=rare_polls) as c:
+        panel = Panel(c)
+        panel.prompt.value = "watch the clock"
+
+        async def scenario() -> None:
+            panel.generate_button.click()
+            job = panel.history[0]
+            await until(lambda: job.state == "running")
+            detail = job.progress.widget.children[2]
+            shown = detail.value
+            polls = emulator.count("GET", STATUS)
+            await until(lambda: detail.value != shown)
+            assert emulator.count("GET", STATUS) == polls  # the clock moved by itself
+            panel.cancel()
+            await panel.wait()
+
+        asyncio.run(scenario())
+        panel.close()
 
 
 def test_cancel_stops_polling_and_keeps_the_job_id(panel: Panel, emulator: Emulator) -> None:

@@ -77,6 +77,19 @@ def test_use_as_input_chains_an_image_to_image_kontext_job(
     assert emulator.count("POST", CREATE) == 2
 
 
+def test_the_same_seeded_request_again_reuses_the_saved_result(
+    panel: Panel, emulator: Emulator
+) -> None:
+    panel.seed.value = "3"
+    generate(panel, "a seeded picture")
+    generate(panel, "a seeded picture")
+    assert emulator.count("POST", CREATE) == 1  # one credit for two presses
+    again, first = panel.images
+    assert again.metadata.get("reused") is True
+    assert again.metadata["job_id"] == first.metadata["job_id"]
+    assert "reused from history" in panel.status.value
+
+
 def test_use_as_input_button_acts_on_the_selected_result(panel: Panel) -> None:
     assert panel.use_as_input_button.disabled is True
     generate(panel, "one")

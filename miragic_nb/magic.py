@@ -678,12 +678,13 @@ class Miragic(Magics, Configurable):
             slot.image.info["miragic"]["emulator"] = True
         return self._finish([slot], args.out, False, columns=1)
 
-    def _panel(self) -> None:
+    def _panel(self) -> Any:
+        """The panel, as the line's value: shown by the displayhook and kept in ``_``."""
         try:
-            from .panel import Panel  # type: ignore[import-not-found,unused-ignore]
+            from .panel import Panel
         except ImportError:
             raise UsageError("%miragic panel: the panel is not available in this version") from None
-        _display(Panel())
+        return Panel()
 
     def _emulator(self, words: list[str]) -> None:
         action = words[0].lower() if words else "status"

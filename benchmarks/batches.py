@@ -124,7 +124,7 @@ def _magic(settings: Settings) -> list[Row]:
     with emulator(job_seconds=JOB_SECONDS, jitter=0.05) as emu, _magic_shell(emu) as shell:
 
         def cell(line: str) -> Any:
-            with capture_output():
+            with capture_output():  # type: ignore[no-untyped-call]
                 return shell.run_cell_magic("miragic", line, "a lighthouse at dusk")
 
         cell("--fresh")  # warm-up

@@ -53,9 +53,9 @@ def shown(value: object, repeats: int) -> tuple[int, float, Counter[str], list[s
     payload, mimetypes = 0, []
     with count_encodes() as encodes:
         for _ in range(repeats):
-            with capture_output() as captured:
+            with capture_output() as captured:  # type: ignore[no-untyped-call]
                 started = time.perf_counter()
-                display(value)
+                display(value)  # type: ignore[no-untyped-call]
                 times.append(time.perf_counter() - started)
             data = captured.outputs[-1].data
             mimetypes = sorted(data)

@@ -52,7 +52,9 @@ def serve_files(files: dict[str, bytes]) -> Iterator[str]:
         server.server_close()
 
 
-def _measure(path: str, url: str, warmup: str, base_url: str, key: str, repeats: int) -> dict:
+def _measure(
+    path: str, url: str, warmup: str, base_url: str, key: str, repeats: int
+) -> dict[str, float]:
     result = subprocess.run(
         [
             sys.executable,
@@ -70,7 +72,8 @@ def _measure(path: str, url: str, warmup: str, base_url: str, key: str, repeats:
         text=True,
         check=True,
     )
-    return json.loads(result.stdout)
+    measured: dict[str, float] = json.loads(result.stdout)
+    return measured
 
 
 def run(settings: Settings) -> list[Row]:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .common import STATUS_PATH, Row, Settings, client_for, emulator, mean, timed
+from .common import STATUS_PATH, Row, Settings, client_for, emulator, mean
 from .reference import reference_generate
 
 SIZE = 512  # small renders, so the emulator's drawing never delays a job's end
@@ -47,11 +48,10 @@ def _run_pair(
 
         def run_ours() -> None:
             for n, seconds in enumerate(durations):
-                elapsed, image = timed(
-                    lambda n=n, s=seconds: client.generate(
-                        f"ours {n} [{s:.3f}s]", model="flux", width=SIZE, height=SIZE
-                    )
-                )
+                prompt = f"ours {n} [{seconds:.3f}s]"
+                started = time.perf_counter()
+                image = client.generate(prompt, model="flux", width=SIZE, height=SIZE)
+                elapsed = time.perf_counter() - started
                 meta = image.metadata
                 reads = emu.count("GET", STATUS_PATH, job_id=meta["job_id"])
                 ours.append(Sample(elapsed - meta["processing_s"], reads))
@@ -71,7 +71,9 @@ def _run_pair(
         return ours, baseline
 
 
-def _rows(regime: str, ours: list[Sample], baseline: list[Sample], goals: tuple[float, float]):
+def _rows(
+    regime: str, ours: list[Sample], baseline: list[Sample], goals: tuple[float, float]
+) -> list[Row]:
     label = "reference loop: read at once, then every 2 s"
     details = {
         "ours_latency_s": [round(s.latency_s, 4) for s in ours],

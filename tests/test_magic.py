@@ -271,3 +271,15 @@ def test_no_key_uses_the_builtin_emulator_and_says_so_once(
     image = ip.user_ns["_"]
     assert image.metadata["emulator"] is True
     assert "emulator (placeholder image)" in second.image_outputs()[0]["text/plain"]
+
+
+def test_a_terminal_shell_gets_the_text_progress_by_default(
+    run: Runner, magic: Miragic, api: Emulator
+) -> None:
+    magic.progress = "auto"  # the test shell is IPython's TerminalInteractiveShell
+    cell = run("%%miragic -W 256 -H 256\nterminal")
+    assert cell.error is None, cell.text
+    assert not any("application/vnd.jupyter.widget-view+json" in o.data for o in cell.outputs)
+    job_id = only_job(api)
+    assert "done · 100% · " in cell.io.stdout
+    assert f"job {job_id}" in cell.io.stdout

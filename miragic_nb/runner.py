@@ -75,7 +75,7 @@ class JobRunner:
 
     def __init__(self, *, max_workers: int = MAX_CONCURRENT_JOBS) -> None:
         self._max_workers = max_workers
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(max_workers)
         self._lock = threading.Lock()
         self._workers: set[concurrent.futures.Future[Any]] = set()
 
@@ -122,7 +122,8 @@ class JobRunner:
             for waiter in waiters:
                 # Their errors were reported by ``run``'s awaiter (or belong to a cancelled
                 # job); retrieving them keeps asyncio from logging "never retrieved".
-                waiter.exception()
+                if not waiter.cancelled():
+                    waiter.exception()
 
     @property
     def busy(self) -> bool:
@@ -130,23 +131,35 @@ class JobRunner:
             return any(not w.done() for w in self._workers)
 
     def shutdown(self) -> None:
-        """Stop taking jobs; queued ones are dropped, running ones end on their cancel event."""
+        """Drop the jobs still waiting for a slot; running ones end on their cancel event."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            waiting = list(self._workers)
+        for worker in waiting:
+            worker.cancel()  # only succeeds for a job that has not started
 
     def _submit(self, work: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+        """Run ``work`` in a daemon thread once one of ``max_workers`` slots is free.
+
+        Not a ``ThreadPoolExecutor``: its workers are joined at interpreter exit, so a job
+        still polling would hold a kernel restart until its timeout. A daemon thread does not.
+        """
+        worker: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            with self._slots:
+                if not worker.set_running_or_notify_cancel():
+                    return  # cancelled while waiting for a slot: never started
+                try:
+                    result = work()
+                except BaseException as exc:
+                    worker.set_exception(exc)
+                else:
+                    worker.set_result(result)
+
         with self._lock:
-            if self._executor is None:
-                # Created on first use, not at import or construction: a panel that never
-                # generates starts no threads.
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix="miragic-job"
-                )
-            worker = self._executor.submit(work)
             self._workers.add(worker)
         worker.add_done_callback(self._forget)
+        threading.Thread(target=run, name="miragic-job", daemon=True).start()
         return worker
 
     def _forget(self, worker: concurrent.futures.Future[_T]) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,3 +138,39 @@ def _buffers(state: dict[str, Any]) -> list[bytes]:
         for entry in state.values()
         for buffer in entry.get("buffers", [])
     ]
+
+
+EXIT_MID_JOB = """
+import asyncio
+import miragic_nb
+
+panel = miragic_nb.Panel(miragic_nb.Client())
+panel.prompt.value = "still polling at exit"
+
+
+async def start() -> None:
+    panel.generate_button.click()
+    while panel.history[0].job_id is None:
+        await asyncio.sleep(0.02)
+
+
+# Like a kernel shutting down: the loop stops with the job's task still pending.
+asyncio.new_event_loop().run_until_complete(start())
+print("leaving", panel.history[0].state)
+"""
+
+
+def test_a_job_still_polling_does_not_hold_up_the_interpreter_exit(
+    keyed_emulator: Emulator,
+) -> None:
+    keyed_emulator.job_seconds = 600
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_MID_JOB],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a joined worker would poll for the job's 600 s
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "leaving running"
+    assert len(keyed_emulator.jobs) == 1

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from PIL import Image
 
-from .errors import InvalidRequestError, MiragicError
+from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
 from .runner import Cancellation, CancelledBeforeStart, JobRunner
@@ -369,6 +369,13 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             return None
         try:
             client = self._client()
+            if not client.has_api_key:
+                raise MissingAPIKeyError(
+                    "this panel's client has no API key; nothing was sent. Pass "
+                    "Client(api_key=...), or use Panel() to pick up MIRAGIC_API_KEY, "
+                    "`%miragic login` or the offline emulator",
+                    field="api_key",
+                )
         except MiragicError as exc:
             self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
             return None

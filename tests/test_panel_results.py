@@ -233,3 +233,14 @@ def test_close_cancels_running_jobs_and_closes_every_widget(
 
     asyncio.run(scenario())
     assert panel.history[0].state == "cancelled"
+
+
+def test_a_client_without_a_key_is_refused_before_anything_is_sent(emulator: Emulator) -> None:
+    with Client(base_url=emulator.url) as keyless:
+        panel = Panel(keyless)
+        panel.prompt.value = "no key"
+        assert panel.generate() is None
+        assert "no API key" in panel.status.value
+        assert panel.history == []
+        assert emulator.requests == []
+        panel.close()

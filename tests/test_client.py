@@ -9,19 +9,15 @@ import pytest
 from PIL import Image
 
 from miragic_nb import (
-    APIConnectionError,
-    APIError,
     AuthenticationError,
     Client,
-    DownloadError,
     GeneratedImage,
     InvalidRequestError,
     Job,
     JobFailedError,
-    JobTimeoutError,
     MissingAPIKeyError,
 )
-from miragic_nb.emulator import Emulator, Fault
+from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 
 CREATE = "/api/v1/image/generate"
@@ -150,27 +146,6 @@ def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
     assert posts(emulator) == 1
 
 
-def test_failed_job_carries_id_and_server_message(client: Client, emulator: Emulator) -> None:
-    emulator.faults.force_failure = True
-    emulator.faults.failure_message = "NSFW content detected"
-    with pytest.raises(JobFailedError, match="NSFW content detected") as info:
-        client.generate("a cat")
-    assert info.value.job_id in emulator.jobs
-    assert info.value.server_message == "NSFW content detected"
-    assert posts(emulator) == 1
-
-
-def test_timeout_keeps_the_job_id(client: Client, emulator: Emulator) -> None:
-    emulator.faults.never_finish = True
-    with pytest.raises(JobTimeoutError) as info:
-        client.generate("a cat", timeout=0.5)
-    error = info.value
-    assert isinstance(error, TimeoutError)
-    assert error.job_id in emulator.jobs
-    assert f"client.wait({error.job_id!r})" in str(error)
-    assert posts(emulator) == 1
-
-
 def test_wait_resumes_an_existing_job_without_creating_one(
     client: Client, emulator: Emulator
 ) -> None:
@@ -195,100 +170,7 @@ def test_progress_is_reported_while_pending(emulator: Emulator) -> None:
     assert seen[-1].progress == 100.0
 
 
-# -- faults --------------------------------------------------------------------------------
-
-
-def test_create_429_is_retried_without_duplicate_jobs(client: Client, emulator: Emulator) -> None:
-    emulator.faults.push("create", Fault.rate_limited(0.1), times=2)
-    image = client.generate("a cat")
-    assert emulator.count("POST", CREATE, status=429) == 2
-    assert emulator.count("POST", CREATE, status=200) == 1
-    assert len(emulator.jobs) == 1
-    assert image.info["miragic"]["job_id"] in emulator.jobs
-
-
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_create_5xx_is_never_retried(client: Client, emulator: Emulator, status: int) -> None:
-    emulator.faults.push("create", Fault.http(status))
-    with pytest.raises(APIError, match=str(status)) as info:
-        client.generate("a cat")
-    assert posts(emulator) == 1
-    # The proxy's HTML page becomes one short line.
-    message = str(info.value)
-    assert "\n" not in message
-    assert "<html" not in message
-    assert len(message) < 250
-
-
-def test_create_read_timeout_is_never_retried(emulator: Emulator) -> None:
-    emulator.faults.push("create", Fault.slow(1.5))
-    with Client(emulator.api_key, emulator.url, read_timeout=0.5) as client:
-        with pytest.raises(APIConnectionError, match="did not answer"):
-            client.generate("a cat")
-    # The slow answer is logged when it is finally sent; the job was created all the same.
-    assert eventually(lambda: len(emulator.jobs) == 1)
-    assert eventually(lambda: posts(emulator) == 1)
-
-
-def test_create_unsuccessful_body(client: Client, emulator: Emulator) -> None:
-    emulator.faults.push("create", Fault.unsuccessful("Insufficient credits"))
-    with pytest.raises(APIError, match="Insufficient credits"):
-        client.generate("a cat")
-    assert posts(emulator) == 1
-
-
-def test_connection_refused(emulator: Emulator) -> None:
-    url = emulator.url
-    emulator.stop()
-    with Client("k", url, connect_timeout=1) as client:
-        with pytest.raises(APIConnectionError, match="could not reach"):
-            client.create_job("a cat")
-
-
-@pytest.mark.parametrize(
-    "fault",
-    [
-        Fault.http(502),
-        Fault.http(503),
-        Fault.http(500),
-        Fault.rate_limited(0.1),
-        Fault.rate_limited(1, http_date=True),
-        Fault.malformed_json(),
-        Fault.reset(),
-        Fault.unsuccessful("temporarily unavailable"),
-    ],
-    ids=lambda f: f.kind + str(f.status),
-)
-def test_status_faults_do_not_end_the_wait(
-    client: Client, emulator: Emulator, fault: Fault
-) -> None:
-    emulator.faults.push("status", fault, times=2)
-    image = client.generate("a cat")
-    assert image.info["miragic"]["job_id"] in emulator.jobs
-    assert posts(emulator) == 1
-    assert emulator.faults.pending("status") == 0
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {"pending_status": "PROCESSING"},
-        {"lowercase_status": True},
-        {"progress": "string"},
-        {"progress": "float"},
-        {"progress": "missing"},
-        {"result_url": "relative"},
-        {"result_url": "link_only"},
-        {"result_url": "second_origin"},
-        {"result_redirects": 2},
-    ],
-    ids=str,
-)
-def test_tolerant_reading(client: Client, emulator: Emulator, settings: dict[str, object]) -> None:
-    emulator.faults.configure(**settings)
-    image = client.generate("a cat", width=320, height=320)
-    assert image.size == (320, 320)
-    assert image.original_bytes == emulator.jobs[image.info["miragic"]["job_id"]].result_bytes
+# -- key and base URL (the faults moved to tests/test_faults.py) ----------------------------
 
 
 def test_key_never_reaches_another_origin(client: Client, emulator: Emulator) -> None:
@@ -308,57 +190,6 @@ def test_key_never_reaches_another_origin(client: Client, emulator: Emulator) ->
         for r in emulator.requests
         if r.path.startswith("/api/")
     )
-
-
-def test_expired_result_url_is_refreshed_once(client: Client, emulator: Emulator) -> None:
-    emulator.faults.url_ttl = 0.2
-    job = client.wait(client.create_job("a cat"))
-    time.sleep(0.4)  # let the signed URL expire
-    data, fresh = client.download(job)
-    assert fresh.result_url != job.result_url
-    assert data == emulator.jobs[job.id].result_bytes
-
-
-@pytest.mark.parametrize(
-    ("fault", "message"),
-    [
-        (Fault.truncated(), "cut short|download failed"),
-        (Fault.not_image(), "not a decodable image \\(an HTML/XML page\\)"),
-        (Fault.bomb(), "refused before decoding"),
-    ],
-    ids=["truncated", "not-image", "bomb"],
-)
-def test_bad_downloads_are_clear_errors(
-    client: Client, emulator: Emulator, fault: Fault, message: str
-) -> None:
-    emulator.faults.push("download", fault, times=None)
-    with pytest.raises(DownloadError, match=message) as info:
-        client.generate("a cat")
-    assert info.value.job_id in emulator.jobs
-    assert posts(emulator) == 1
-
-
-def test_download_reset_is_retried(client: Client, emulator: Emulator) -> None:
-    emulator.faults.push("download", Fault.reset())
-    image = client.generate("a cat", width=256, height=256)
-    assert image.size == (256, 256)
-    assert posts(emulator) == 1
-
-
-def test_size_mismatch_is_accepted_and_noted(client: Client, emulator: Emulator) -> None:
-    emulator.faults.push("download", Fault.wrong_size(300, 200))
-    image = client.generate("a cat", width=512, height=512)
-    assert image.size == (300, 200)
-    assert image.info["miragic"]["size_mismatch"] is True
-    assert image.info["miragic"]["image_size"] == [300, 200]
-
-
-def test_download_size_cap(emulator: Emulator) -> None:
-    with Client(
-        emulator.api_key, emulator.url, poll_schedule=FAST_POLLS, max_download_bytes=1000
-    ) as client:
-        with pytest.raises(DownloadError, match="1,000-byte cap"):
-            client.generate("a cat")
 
 
 def test_plain_http_to_remote_host_is_refused() -> None:

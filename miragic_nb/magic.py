@@ -424,6 +424,9 @@ class Miragic(Magics, Configurable):
             self._interrupted(slots, futures)
             raise
         finally:
+            # However the cell ends, no worker keeps polling: Python joins executor threads at
+            # exit, so a forgotten wait would hold a kernel restart until its timeout.
+            cancel.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _drain(self, events: queue.Queue[tuple[str, _Slot, Any]], slots: list[_Slot]) -> None:

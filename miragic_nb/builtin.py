@@ -46,7 +46,8 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _CLIENT_CACHE_SIZE = 8
 
 _lock = threading.RLock()
-_session_key: str | None = None
+# Held as Secrets, so no repr, log or traceback's captured locals shows a key.
+_session_key: config.Secret | None = None
 _prefer_emulator = False
 _emulator: Emulator | None = None
 _notice_given = False
@@ -96,7 +97,7 @@ def set_session_key(key: str) -> None:
     if not key:
         raise MissingAPIKeyError("the API key is empty; nothing was changed", field="api_key")
     with _lock:
-        _session_key = key
+        _session_key = config.Secret(key)
         _prefer_emulator = False
 
 
@@ -244,14 +245,14 @@ def key_source() -> str | None:
     return _pick_key(None)[1]
 
 
-def _pick_key(explicit: str | None) -> tuple[str | None, str | None]:
+def _pick_key(explicit: str | None) -> tuple[config.Secret | None, str | None]:
     if explicit is not None and explicit.strip():
-        return explicit.strip(), "argument"
+        return config.Secret(explicit.strip()), "argument"
     if _session_key is not None:
         return _session_key, "%miragic login (this session)"
     env_key = config.api_key_from_env(None)
     if env_key is not None:
-        return env_key, config.ENV_API_KEY
+        return config.Secret(env_key), config.ENV_API_KEY
     return None, None
 
 

@@ -115,6 +115,19 @@ def _create_retry() -> Retry:
     )
 
 
+class _HeaderSecret(str):
+    """The key as a header value: sent as itself, shown masked in reprs.
+
+    urllib3's and http.client's frames hold the headers dict while a request is on the wire;
+    a traceback that captures locals (a Ctrl-C in IPython's verbose mode) prints it.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'********'"
+
+
 class _ApiKeyAuth(requests.auth.AuthBase):
     """Adds ``X-API-Key`` only to requests for the API's own origin."""
 
@@ -124,7 +137,7 @@ class _ApiKeyAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if request.url and config.origin(request.url) == self._api_origin:
-            request.headers["X-API-Key"] = self._api_key.reveal()
+            request.headers["X-API-Key"] = _HeaderSecret(self._api_key.reveal())
         else:
             request.headers.pop("X-API-Key", None)
         return request
@@ -167,7 +180,7 @@ class Client:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | config.Secret | None = None,
         base_url: str | None = None,
         *,
         timeout: float = config.DEFAULT_JOB_TIMEOUT_S,
@@ -179,11 +192,13 @@ class Client:
         durations: DurationLearner | None = None,
         history: History | bool = True,
     ) -> None:
+        # Rebind the argument first: a traceback that captures locals (IPython's verbose mode,
+        # capture_locals=True) then shows only the Secret, whatever fails below.
+        api_key = _as_secret(api_key)
+        self._api_key = api_key
         self.base_url = config.base_url_from_env(base_url)
         #: Where job ids and results are recorded (``True``: ``MIRAGIC_HOME`` / platform dir).
         self.history: History | None = History() if history is True else history or None
-        key = config.api_key_from_env(api_key)
-        self._api_key = config.Secret(key) if key is not None else None
         self.timeout = _check_timeout(timeout)
         self.poll_schedule = poll_schedule or PollSchedule()
         # How long earlier jobs took per model and size, to time status reads (share one
@@ -212,8 +227,9 @@ class Client:
         return session
 
     def __repr__(self) -> str:
-        key = "set" if self._api_key else "not set"
-        return f"Client(base_url={self.base_url!r}, api_key={key})"
+        # getattr: a traceback may show a client whose __init__ raised half-way.
+        key = "set" if getattr(self, "_api_key", None) else "not set"
+        return f"Client(base_url={getattr(self, 'base_url', None)!r}, api_key={key})"
 
     @property
     def has_api_key(self) -> bool:
@@ -676,6 +692,18 @@ class Client:
                 job_id=job_id,
             )
         return data
+
+
+def _as_secret(api_key: object) -> config.Secret | None:
+    """The key as a ``Secret`` (explicit, else ``MIRAGIC_API_KEY``); None when there is none."""
+    if isinstance(api_key, config.Secret):
+        api_key = api_key.reveal()
+    if api_key is not None and not isinstance(api_key, str):
+        raise InvalidRequestError(
+            f"api_key must be a string, got {type(api_key).__name__}", field="api_key"
+        )
+    key = config.api_key_from_env(api_key)
+    return config.Secret(key) if key is not None else None
 
 
 def _check_timeout(timeout: object) -> float:

@@ -170,26 +170,7 @@ def test_progress_is_reported_while_pending(emulator: Emulator) -> None:
     assert seen[-1].progress == 100.0
 
 
-# -- key and base URL (the faults moved to tests/test_faults.py) ----------------------------
-
-
-def test_key_never_reaches_another_origin(client: Client, emulator: Emulator) -> None:
-    for settings in (
-        {"result_url": "second_origin"},
-        {"result_url": "link_only"},
-        {"result_url": "absolute", "result_redirects": 3},
-    ):
-        emulator.faults.configure(**settings)
-        client.generate("a cat", width=256, height=256)
-    second = emulator.second_origin_requests
-    assert len(second) >= 3
-    assert all("X-API-Key" not in r.headers for r in second)
-    # ...while every request to the API's own origin carried it.
-    assert all(
-        r.headers.get("X-API-Key") == emulator.api_key
-        for r in emulator.requests
-        if r.path.startswith("/api/")
-    )
+# -- base URL (faults moved to tests/test_faults.py, the key's origin to tests/test_secrets.py)
 
 
 def test_plain_http_to_remote_host_is_refused() -> None:

@@ -90,6 +90,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Done: {result.images} images.")
     print(f"  notebook: {result.notebook}")
     print(f"  html:     {result.html}")
+    relative = os.path.relpath(result.notebook)  # jupyter lab serves the current directory
+    notebook = result.notebook if relative.startswith("..") else relative
+    print(f"Open the .html in a browser, or the notebook with: jupyter lab {notebook}")
     return 0
 
 

@@ -122,7 +122,7 @@ def test_notebook_runs_with_a_key_and_never_saves_it(
 @pytest.mark.parametrize("name", [name for name in NOTEBOOKS if name != "quickstart"])
 def test_notebook_runs_with_no_key(name: str, tmp_path: Path) -> None:
     # The quickstart's no-key run is the demo command's test below.
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MIRAGIC_API")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MIRAGIC_")}
     environment["MIRAGIC_HOME"] = str(tmp_path / "home")
 
     result = demo.run_notebook(demo.find_notebook(name), tmp_path / "out", env=environment)

@@ -9,6 +9,7 @@ status reads and downloads retry connection errors, read errors, 429 and 502/503
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,8 @@ MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 #: Longest ``Retry-After`` honoured by sleeping inside one call.
 MAX_RETRY_AFTER_S = 30.0
 _CHUNK = 256 * 1024
+#: What a job id may look like (the API's are UUIDs); it becomes a URL path segment.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -302,9 +305,7 @@ class Client:
     def get_job(self, job_id: str) -> Job:
         """Read a job's current status."""
         self._require_key()
-        if not isinstance(job_id, str) or not job_id.strip():
-            raise InvalidRequestError("job_id must be a non-empty string", field="job_id")
-        job_id = job_id.strip()
+        job_id = _check_job_id(job_id)
         body = self._send("GET", self.base_url + JOB_PATH + quote(job_id, safe=""), job_id=job_id)
         data = body.get("data")
         if not isinstance(data, dict):
@@ -329,7 +330,7 @@ class Client:
         errors, 5xx, 429, malformed answers) do not end the wait; they are retried until the
         deadline. ``cancel``, when set, stops polling at the next step with ``JobTimeoutError``.
         """
-        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else _check_job_id(job_or_id)
         limit = self.timeout if timeout is None else _check_timeout(timeout)
         last: Job | None = job_or_id if isinstance(job_or_id, Job) else None
         for job in self.iter_status(job_id, timeout=limit, cancel=cancel):
@@ -559,7 +560,7 @@ class Client:
         ``request`` supplies the metadata; without it, the server's recorded parameters do.
         """
         started = time.monotonic() if started is None else started
-        job_id = job.id if isinstance(job, Job) else job
+        job_id = job.id if isinstance(job, Job) else _check_job_id(job)
         try:
             done = self.wait(job, timeout=timeout, on_progress=on_progress, cancel=cancel)
             data, done = self.download(done)
@@ -692,6 +693,18 @@ class Client:
                 job_id=job_id,
             )
         return data
+
+
+def _check_job_id(job_id: object) -> str:
+    """A job id as the API returns them (a UUID); anything else is refused before sending."""
+    text = job_id.strip() if isinstance(job_id, str) else ""
+    if not _JOB_ID.fullmatch(text):
+        raise InvalidRequestError(
+            "job_id must be an id the API returned (letters, digits, '-', '_', '.', ':'), "
+            f"got {repr(job_id)[:60]}",
+            field="job_id",
+        )
+    return text
 
 
 def _as_secret(api_key: object) -> config.Secret | None:

@@ -110,7 +110,7 @@ def run_notebook(
     which cell failed and how. The API key, if set, must not appear in what is saved: should it
     ever, it is redacted and ``DemoError`` reports it as a bug.
     """
-    nbformat, nbclient, nbconvert = _demo_modules()
+    nbformat, nbclient, exporters = _demo_modules()
     kernel_env = kernel_environment(env)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def run_notebook(
     target = output_dir / source.name
     nbformat.write(notebook, target)
     html = target.with_suffix(".html")
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    body, _ = exporters.HTMLExporter().from_notebook_node(notebook)
     html.write_text(body, encoding="utf-8")
 
     if failure is not None:
@@ -232,7 +232,7 @@ def _kernel_manager_config() -> Any:
 
 
 def _demo_modules() -> tuple[Any, Any, Any]:
-    """nbformat, nbclient (with its exceptions) and nbconvert, or a clear ImportError."""
+    """nbformat, nbclient (with its exceptions) and nbconvert.exporters, or an ImportError."""
     missing = [name for name in _DEMO_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(
@@ -242,5 +242,6 @@ def _demo_modules() -> tuple[Any, Any, Any]:
     nbformat = importlib.import_module("nbformat")
     nbclient = importlib.import_module("nbclient")
     importlib.import_module("nbclient.exceptions")
-    nbconvert = importlib.import_module("nbconvert")
-    return nbformat, nbclient, nbconvert
+    # Not plain "nbconvert": its __init__ swallows a failing import and lacks HTMLExporter.
+    exporters = importlib.import_module("nbconvert.exporters")
+    return nbformat, nbclient, exporters

@@ -52,8 +52,9 @@ class GeneratedImage(Image.Image):
         return value if isinstance(value, dict) else {}
 
     @property
-    def mimetype(self) -> str:
-        return _MIMETYPES.get(self.format or "", "image/jpeg")
+    def mimetype(self) -> str | None:
+        """The original bytes' mimetype, when notebook frontends render it natively."""
+        return _MIMETYPES.get(self.format or "")
 
     def is_unchanged(self) -> bool:
         """True while the pixels are still exactly what ``original_bytes`` decode to."""
@@ -76,10 +77,19 @@ class GeneratedImage(Image.Image):
             parts.append("reused from history, no credit spent")
         return " · ".join(parts)
 
-    def display_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The mimebundle IPython shows: the original bytes under one image mimetype."""
-        if self.is_unchanged() and self.mimetype in _MIMETYPES.values():
-            data, mimetype = self.original_bytes, self.mimetype
+    def display_bundle(
+        self, *, unchanged: bool | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The mimebundle IPython shows: the original bytes under one image mimetype.
+
+        Changed pixels, or a format frontends cannot show, are re-encoded once as JPEG.
+        ``unchanged`` skips the pixel check when the caller has just made it.
+        """
+        if unchanged is None:
+            unchanged = self.is_unchanged()
+        mimetype = self.mimetype
+        if unchanged and mimetype is not None:
+            data = self.original_bytes
         else:
             buffer = io.BytesIO()
             self.convert("RGB").save(buffer, "JPEG", quality=90)
@@ -93,9 +103,10 @@ class GeneratedImage(Image.Image):
         from IPython.display import display
 
         if not self.is_unchanged():
-            display(Image.Image._new(self, self.im))  # type: ignore[no-untyped-call]  # shown like any PIL image
+            # Edited in place: show it like any PIL image.
+            display(Image.Image._new(self, self.im))  # type: ignore[no-untyped-call]
             return
-        bundle, metadata = self.display_bundle()
+        bundle, metadata = self.display_bundle(unchanged=True)
         display(bundle, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
 
     def __reduce__(self) -> Any:

@@ -825,7 +825,7 @@ def _cancel_message(job_id: str) -> str:
 
 
 def _save_path(image: GeneratedImage, given: str | Path) -> Path:
-    extension = _EXTENSIONS.get(image.mimetype, "jpg")
+    extension = _EXTENSIONS.get(image.mimetype or "", "jpg")
     job_id = str(image.metadata.get("job_id") or "image")
     default_name = f"miragic-{job_id}.{extension}"
     text = str(given).strip()

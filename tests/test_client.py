@@ -12,10 +12,8 @@ from miragic_nb import (
     AuthenticationError,
     Client,
     GeneratedImage,
-    InvalidRequestError,
     Job,
     JobFailedError,
-    MissingAPIKeyError,
 )
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
@@ -97,38 +95,6 @@ def test_image_to_image_with_kontext(client: Client, emulator: Emulator) -> None
     assert job.raw["metadata"]["has_input_image"] is True
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"prompt": "  "}, "prompt must be a non-empty string"),
-        ({"model": "sdxl"}, "choose one of: flux, turbo, gptimage, kontext"),
-        ({"width": 100}, "256 to 2048"),
-        ({"height": 4096}, "256 to 2048"),
-        ({"width": "wide"}, "integer from 256 to 2048"),
-        ({"image_url": "https://example.com/a.jpg"}, "only with model 'kontext'"),
-        ({"model": "kontext", "image_url": "ftp://example.com/a.jpg"}, "http(s) URL"),
-        ({"seed": -1}, "non-negative integer"),
-    ],
-)
-def test_invalid_input_sends_nothing(
-    client: Client, emulator: Emulator, options: dict[str, object], message: str
-) -> None:
-    prompt = options.pop("prompt", "a cat")
-    with pytest.raises(InvalidRequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        client.generate(prompt, **options)  # type: ignore[arg-type]
-    assert emulator.requests == []
-
-
-def test_missing_key_is_refused_before_any_request(emulator: Emulator) -> None:
-    with Client(base_url=emulator.url) as client:
-        assert repr(client) == f"Client(base_url={emulator.url!r}, api_key=not set)"
-        with pytest.raises(MissingAPIKeyError, match="MIRAGIC_API_KEY"):
-            client.generate("a cat")
-        with pytest.raises(MissingAPIKeyError):
-            client.get_job("some-job")
-    assert emulator.requests == []
-
-
 def test_key_from_environment(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
     monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
@@ -170,12 +136,7 @@ def test_progress_is_reported_while_pending(emulator: Emulator) -> None:
     assert seen[-1].progress == 100.0
 
 
-# -- base URL (faults moved to tests/test_faults.py, the key's origin to tests/test_secrets.py)
-
-
-def test_plain_http_to_remote_host_is_refused() -> None:
-    with pytest.raises(InvalidRequestError, match="plain http"):
-        Client("k", "http://backend.miragic.ai")
+# Faults: tests/test_faults.py; bad input: tests/test_bad_input.py; the key: tests/test_secrets.py
 
 
 # -- history -------------------------------------------------------------------------------

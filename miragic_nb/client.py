@@ -603,15 +603,7 @@ class Client:
             request = _request_from_job(job)
         return {
             "job_id": job.id,
-            "prompt": request.prompt,
-            "model": request.model,
-            "width": request.width,
-            "height": request.height,
-            "seed": request.seed,
-            "image_url": request.image_url,
-            "options": {
-                flag: getattr(request, flag) for flag in ("enhance", "safe", "private", "nologo")
-            },
+            **request.describe(),
             "result_url": job.result_url,
             "elapsed_s": round(elapsed, 3),
             "processing_s": job.processing_seconds,

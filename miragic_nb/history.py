@@ -535,16 +535,7 @@ def _clean_base_url(base_url: str | None) -> str | None:
 
 
 def _request_fields(request: GenerationRequest, base_url: str | None) -> dict[str, Any]:
-    return {
-        "prompt": request.prompt,
-        "model": request.model,
-        "width": request.width,
-        "height": request.height,
-        "seed": request.seed,
-        "image_url": request.image_url,
-        "options": {flag: getattr(request, flag) for flag in FLAGS},
-        "base_url": _clean_base_url(base_url),
-    }
+    return {**request.describe(), "base_url": _clean_base_url(base_url)}
 
 
 def _metadata_request_fields(meta: Mapping[str, Any]) -> dict[str, Any]:

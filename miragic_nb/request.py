@@ -85,6 +85,19 @@ class GenerationRequest:
                 fields[flag] = "true" if value else "false"
         return fields
 
+    def describe(self) -> dict[str, Any]:
+        """How the image is made, as recorded in results and history: the parameters, with
+        the optional switches grouped under ``options``."""
+        return {
+            "prompt": self.prompt,
+            "model": self.model,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.seed,
+            "image_url": self.image_url,
+            "options": {flag: getattr(self, flag) for flag in FLAGS},
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """All parameters, including unset ones as None (for metadata and reuse keys)."""
         return asdict(self)

@@ -7,12 +7,13 @@ proxies are ignored, the read has a timeout and the body a size cap.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.error
 import urllib.request
 from http.client import HTTPMessage
 from typing import IO
 from urllib.parse import urlsplit
+
+from ..config import is_loopback_host
 
 __all__ = ["InputFetchError", "fetch_input", "is_loopback_url"]
 
@@ -24,13 +25,7 @@ class InputFetchError(Exception):
 
 
 def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 class _LoopbackRedirects(urllib.request.HTTPRedirectHandler):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,6 +24,12 @@ from miragic_nb import Client, GenerationRequest, MiragicError
 from miragic_nb.emulator import Emulator, Fault
 from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
+
+if TYPE_CHECKING:
+    from miragic_nb.magic import Miragic
+    from tests.magic_fixtures import Runner
+
+pytest_plugins = ["tests.magic_fixtures"]
 
 SECRET = "sk-live-SECRET-9f8e7d"
 
@@ -203,3 +211,124 @@ def test_key_is_not_in_reprs(client: Client, keyed: Emulator) -> None:
     ):
         assert SECRET not in repr(shown)
         assert SECRET not in str(shown)
+
+
+# -- the notebook faces ------------------------------------------------------------------------
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+REPO = Path(__file__).resolve().parents[1]
+UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
+
+
+def test_key_is_not_in_magic_config_or_cell_outputs(
+    run: Runner, magic: Miragic, keyed: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    magic.base_url = keyed.url
+    monkeypatch.setenv("MIRAGIC_API_KEY", SECRET)
+    cells = [
+        run("%miragic config"),
+        run("%%miragic -W 256 -H 256\na lighthouse"),
+        run(f"%miragic resume {UNKNOWN_JOB}"),  # fails: 404 from the API
+        run("%miragic history"),
+    ]
+    monkeypatch.delenv("MIRAGIC_API_KEY")
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": SECRET)
+    cells += [
+        run("%miragic login"),
+        run("%miragic config"),
+        run("%%miragic -W 256 -H 256\nlogged in"),
+    ]
+    magic.short_errors = False  # the full traceback of a failure, too
+    cells.append(run(f"%miragic resume {UNKNOWN_JOB}"))
+    text = "\n".join(cell.text + repr([o.data for o in cell.outputs]) for cell in cells)
+    assert "MIRAGIC_API_KEY" in cells[0].text  # the config table was printed...
+    assert "%miragic login (this session)" in cells[5].text  # ...also for the session key
+    assert "Job not found" in cells[2].text
+    assert "Traceback" in cells[-1].text
+    assert len(keyed.jobs) == 2  # the key was really used
+    assert SECRET not in text
+
+
+@pytest.fixture
+def kernel_env(keyed: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """The key reaches the kernel only through its environment, as in real use."""
+    monkeypatch.setenv("MIRAGIC_API_KEY", SECRET)
+    monkeypatch.setenv("MIRAGIC_BASE_URL", keyed.url)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), path) if p))
+    return keyed
+
+
+@pytest.mark.timeout(240)
+def test_key_is_not_in_an_executed_notebook_with_widget_state(
+    kernel_env: Emulator, tmp_path: Path
+) -> None:
+    import base64
+    import json
+
+    import nbformat as untyped_nbformat
+    from nbclient import NotebookClient
+
+    nbformat: Any = untyped_nbformat  # an untyped module: one Any instead of many ignores
+
+    def failing(source: str) -> Any:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = ["raises-exception"]
+        return cell
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext miragic_nb\n%config Miragic.poll_interval = 0.05"),
+        nbformat.v4.new_code_cell("%%miragic -W 256 -H 256 --seed 3\na lighthouse at dusk"),
+        nbformat.v4.new_code_cell("%miragic config"),
+        nbformat.v4.new_code_cell("%miragic history"),
+        failing(f"%miragic resume {UNKNOWN_JOB}"),
+        # IPython's verbose tracebacks print every frame's locals, the client's among them.
+        failing(
+            "%xmode Verbose\nimport miragic_nb\n"
+            f"client = miragic_nb.Client()\nclient.get_job({UNKNOWN_JOB!r})"
+        ),
+        nbformat.v4.new_code_cell("panel = miragic_nb.Panel()\npanel"),
+        nbformat.v4.new_code_cell(
+            'panel.prompt.value = "a panel lighthouse"\n'
+            "panel.generate_button.click()\n"
+            "await panel.wait()\n"
+            "print(panel.history[0].state)"
+        ),
+    ]
+    NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        store_widget_state=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert any("image/jpeg" in o.get("data", {}) for o in outputs)  # the magic's result
+    assert "MIRAGIC_API_KEY" in json.dumps(nb.cells[2].outputs)  # the config table
+    assert nb.cells[5].outputs[-1]["output_type"] == "error"
+    verbose = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(nb.cells[5].outputs[-1]["traceback"]))
+    assert "self = Client(" in verbose or "client = Client(" in verbose  # locals were shown
+    assert nb.cells[7].outputs[0]["text"].strip() == "completed"
+    # The widget state was stored, bars and images included, so the key could have been in it.
+    state = nb.metadata["widgets"][WIDGET_STATE]["state"]
+    models = {entry["model_name"] for entry in state.values()}
+    assert {"TextareaModel", "ImageModel", "FloatProgressModel", "HTMLModel"} <= models
+    assert any("a panel lighthouse" in json.dumps(entry["state"]) for entry in state.values())
+    buffers = [
+        base64.b64decode(buffer["data"])
+        for entry in state.values()
+        for buffer in entry.get("buffers", [])
+    ]
+    assert any(blob.startswith(b"\xff\xd8\xff") for blob in buffers)  # the panel's result
+    saved = tmp_path / "executed.ipynb"
+    nbformat.write(nb, saved)
+    assert SECRET.encode() not in saved.read_bytes()
+    assert all(SECRET.encode() not in blob for blob in buffers)
+    assert len(kernel_env.jobs) == 2  # the magic's job and the panel's: the key was used

@@ -14,6 +14,7 @@ import html
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 RUNNING = "running…"
 
 
-class JobProgress:
+class JobProgress(ABC):
     """The progress of one job; subclasses decide how it is drawn."""
 
     def __init__(self, label: str = "") -> None:
@@ -81,8 +82,9 @@ class JobProgress:
             if self.state == "running":
                 self._render()
 
+    @abstractmethod
     def show(self) -> None:
-        """Put the view into the current output (a no-op where there is nothing to place)."""
+        """Put the view into the current output."""
 
     @property
     def elapsed(self) -> float:
@@ -108,8 +110,9 @@ class JobProgress:
     def __repr__(self) -> str:
         return self.text()
 
+    @abstractmethod
     def _render(self) -> None:
-        raise NotImplementedError
+        """Draw the current state (called with the lock held)."""
 
 
 class WidgetProgress(JobProgress):
@@ -119,16 +122,22 @@ class WidgetProgress(JobProgress):
         super().__init__(label)
         import ipywidgets as widgets
 
-        self._head = widgets.HTML()
+        # One line in any width: the texts never wrap, they are cut with an ellipsis, and the
+        # bar takes what is left (panels put rows in narrow columns).
+        self._head = widgets.HTML(layout=widgets.Layout(flex="0 1 auto", max_width="40%"))
         self._bar = widgets.FloatProgress(
             min=0.0,
             max=100.0,
             value=0.0,
             bar_style="info",
-            layout=widgets.Layout(flex="0 1 auto", width="40%", min_width="8em"),
+            layout=widgets.Layout(flex="1 1 40%", min_width="6em", max_width="32em"),
         )
-        self._detail = widgets.HTML()
-        self.widget = _box_class()(children=[self._head, self._bar, self._detail], progress=self)
+        self._detail = widgets.HTML(layout=widgets.Layout(flex="0 1 auto", min_width="0"))
+        self.widget = _box_class()(
+            children=[self._head, self._bar, self._detail],
+            progress=self,
+            layout=widgets.Layout(flex="1 1 auto", min_width="0", align_items="center"),
+        )
         self._handle: Any = None
         self._render()
 
@@ -155,8 +164,8 @@ class WidgetProgress(JobProgress):
 
     def _render(self) -> None:
         label = f"<b>{html.escape(self.label)}</b> " if self.label else ""
-        self._head.value = f"{label}{html.escape(self.status)}"
-        self._detail.value = html.escape(self.detail_text())
+        self._head.value = _one_line(f"{label}{html.escape(self.status)}")
+        self._detail.value = _one_line(html.escape(self.detail_text()))
         if self.state == "failed":
             self._bar.bar_style = "danger"
         elif self.state == "succeeded":
@@ -170,6 +179,10 @@ class WidgetProgress(JobProgress):
         else:
             self._bar.bar_style = "info"
             self._bar.value = self.percent
+
+
+def _one_line(markup: str) -> str:
+    return f'<div style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{markup}</div>'
 
 
 _BOX_CLASS: type[Any] | None = None

@@ -81,7 +81,10 @@ def transform_image(
         ImageOps.grayscale(fitted), black=_hls(hue, 0.12, 0.7), white=_hls(hue + 0.08, 0.9, 0.6)
     )
     edited = Image.blend(ImageOps.posterize(fitted, 3), toned, 0.55)
-    _caption(edited, prompt, f"{model} edit · seed {seed} · {width}x{height}", nologo=True)
+    # Opaque boxes: the input's own caption must not show through the new one.
+    _caption(
+        edited, prompt, f"{model} edit · seed {seed} · {width}x{height}", nologo=True, backdrop=235
+    )
     return _jpeg(edited)
 
 
@@ -244,7 +247,10 @@ def _font(size: int) -> _Font:
     return ImageFont.load_default(size=size)
 
 
-def _caption(image: Image.Image, prompt: str, detail: str, *, nologo: bool) -> None:
+def _caption(
+    image: Image.Image, prompt: str, detail: str, *, nologo: bool, backdrop: int = 150
+) -> None:
+    """Draw the label bar and the prompt box; ``backdrop`` is the prompt box's opacity."""
     width, height = image.size
     short = min(width, height)
     size = max(12, min(72, short // 18))
@@ -257,7 +263,7 @@ def _caption(image: Image.Image, prompt: str, detail: str, *, nologo: bool) -> N
     detail_w = draw.textlength(detail, font=label_font)
     one_line = detail_w + draw.textlength(label, font=label_font) + pad * 4 < width
     bar_h = small + pad * 2 if one_line else 2 * small + pad * 5 // 2
-    draw.rectangle((0, 0, width, bar_h), fill=(0, 0, 0, 110))
+    draw.rectangle((0, 0, width, bar_h), fill=(0, 0, 0, 110 if backdrop < 200 else backdrop))
     draw.text((pad, pad), label, font=label_font, fill=white)
     if one_line:
         draw.text((width - pad - detail_w, pad), detail, font=label_font, fill=white)
@@ -269,7 +275,9 @@ def _caption(image: Image.Image, prompt: str, detail: str, *, nologo: bool) -> N
     line_h = size + size // 3
     block_h = line_h * len(lines) + pad * 2
     top = height - block_h - pad
-    draw.rounded_rectangle((pad, top, width - pad, height - pad), radius=pad, fill=(0, 0, 0, 150))
+    draw.rounded_rectangle(
+        (pad, top, width - pad, height - pad), radius=pad, fill=(0, 0, 0, backdrop)
+    )
     for i, line in enumerate(lines):
         draw.text((2 * pad, top + pad + i * line_h), line, font=font, fill=(255, 255, 255, 255))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
@@ -20,6 +22,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's key, base URL or history."""
     for name in ("MIRAGIC_API_KEY", "MIRAGIC_BASE_URL", "MIRAGIC_OFFLINE_FALLBACK"):
         monkeypatch.delenv(name, raising=False)
+    # Loopback traffic must never go through a proxy from the environment.
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv("MIRAGIC_HOME", str(tmp_path / "miragic-home"))
 
 
@@ -35,3 +41,21 @@ def client(emulator: Emulator) -> Iterator[Client]:
         api_key=emulator.api_key, base_url=emulator.url, poll_schedule=FAST_POLLS, timeout=20
     ) as c:
         yield c
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A plain requests session, for speaking to the emulator without the client."""
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
+
+
+def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
+    """Poll a condition the server reaches asynchronously (not a timing assertion)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

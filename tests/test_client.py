@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 from PIL import Image
 
@@ -20,16 +17,6 @@ from tests.conftest import FAST_POLLS
 
 CREATE = "/api/v1/image/generate"
 STATUS = "/api/v1/image/jobs/"
-
-
-def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
-    """Poll a condition the server reaches asynchronously (not a timing assertion)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def posts(emulator: Emulator) -> int:

@@ -61,31 +61,10 @@ PARAMETER_KEYS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback traffic must never go through a proxy from the environment."""
-    for name in (
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
     with Emulator(api_key=KEY, job_seconds=0.2, jitter=0.0, seed=7) as emulator:
         yield emulator
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
 
 
 def form(**overrides: Any) -> dict[str, Any]:

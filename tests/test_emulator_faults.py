@@ -20,30 +20,10 @@ HEADERS = {"X-API-Key": KEY}
 FORM = {"prompt": "A lighthouse at dusk", "model": "flux", "width": "320", "height": "256"}
 
 
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
     with Emulator(api_key=KEY, job_seconds=0.1, jitter=0.0, seed=11) as emulator:
         yield emulator
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
 
 
 def create(emu: Emulator, http: requests.Session, **fields: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from miragic_nb import (
 )
 from miragic_nb.emulator import Emulator, Fault
 from miragic_nb.history import History
-from tests.conftest import FAST_POLLS
+from tests.conftest import FAST_POLLS, eventually
 
 CREATE = "/api/v1/image/generate"
 STATUS = "/api/v1/image/jobs/"
@@ -42,16 +41,6 @@ STATUS = "/api/v1/image/jobs/"
 MAX_MESSAGE = 250
 
 Arrange = Callable[[Emulator], object]
-
-
-def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
-    """Poll a condition the server reaches asynchronously (not a timing assertion)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def creates(emulator: Emulator) -> int:

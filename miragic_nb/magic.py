@@ -197,9 +197,6 @@ class Miragic(Magics, Configurable):
     poll_interval = Float(0.25, help="Seconds before the first status read.").tag(config=True)
     max_poll_interval = Float(5.0, help="Longest pause between status reads.").tag(config=True)
 
-    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)  # type: ignore[no-untyped-call]
-
     @property
     def _ip(self) -> Any:
         """The shell this instance was registered with (always set once loaded)."""
@@ -823,7 +820,7 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     unload_ipython_extension(ipython)  # loading twice must not leave two configurables
     # Magics.__init__ adds the instance to shell.configurables (for %config) and takes the
     # shell as its traitlets parent, so c.Miragic.* from ipython_config.py applies.
-    ipython.register_magics(Miragic(shell=ipython))  # type: ignore[no-untyped-call]
+    ipython.register_magics(Miragic(shell=ipython))
     # IPython asks Pillow for PNG *and* JPEG, so every crop, thumbnail or blend of a result
     # would be stored twice, once lossily. Frontends prefer the PNG: keep only that.
     _pil_jpeg_formatter(ipython).for_type(_pil_image_class(), _no_jpeg)

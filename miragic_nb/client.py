@@ -39,6 +39,7 @@ from .errors import (
 )
 from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
 from .images import MAX_PIXELS, GeneratedImage
+from .interrupts import deferred_interrupt
 from .jobs import Job
 from .polling import (
     DurationLearner,
@@ -525,8 +526,9 @@ class Client:
             if saved is not None:
                 log.info("reused job %s from history", saved.metadata.get("job_id"))
                 return saved
-        job = self.submit(request)
-        self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
+        with deferred_interrupt():  # a Ctrl-C now would lose the id of a job already paid for
+            job = self.submit(request)
+            self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
         if on_created is not None:
             on_created(job)
         try:

@@ -119,8 +119,8 @@ def _create_retry() -> Retry:
     )
 
 
-class _HeaderSecret(str):
-    """The key as a header value: sent as itself, shown masked in reprs.
+class _HeaderSecret(str, config.ImmutableKey):
+    """The key as a header value: sent as itself, shown masked in reprs, never pickled.
 
     urllib3's and http.client's frames hold the headers dict while a request is on the wire;
     a traceback that captures locals (a Ctrl-C in IPython's verbose mode) prints it.
@@ -175,7 +175,7 @@ class _Timing:
         return (self.connect, self.read)
 
 
-class Client:
+class Client(config.HoldsKey):
     """A client for the Miragic image API.
 
     ``api_key`` defaults to ``MIRAGIC_API_KEY``; ``base_url`` to ``MIRAGIC_BASE_URL``, else

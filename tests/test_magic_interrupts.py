@@ -2,7 +2,8 @@
 
 Both in a real IPython shell against loopback servers: the emulator counts the creates that
 arrive after the interrupt; a hand-written server that drips its create answer one byte at a
-time keeps a worker in a slow read while the process tries to exit.
+time keeps a worker in a slow read while the process tries to exit. And a cancelled download
+is not retried.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from miragic_nb import Client, DownloadError, Job
 from miragic_nb.emulator import Emulator
 from tests.conftest import eventually
 
@@ -50,6 +53,46 @@ def test_no_queued_job_is_created_after_an_interrupt(run: Runner, api: Emulator)
     assert len(api.jobs) == 8
     for job_id in api.jobs:  # every job that exists is named, to be resumed
         assert f"%miragic resume {job_id}" in cell.io.stdout
+
+
+class _FailingFileServer(ThreadingHTTPServer):
+    """Answers every GET with a 500 (a download worth retrying) and pulls ``cancel`` meanwhile."""
+
+    daemon_threads = True
+
+    def __init__(self, cancel: threading.Event) -> None:
+        super().__init__(("127.0.0.1", 0), _FailingFileHandler)
+        self.cancel = cancel
+        self.downloads = 0
+
+
+class _FailingFileHandler(BaseHTTPRequestHandler):
+    server: _FailingFileServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.downloads += 1
+        self.server.cancel.set()  # the user cancels while this download fails
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_cancelled_download_is_not_retried(client: Client) -> None:
+    cancel = threading.Event()
+    files = _FailingFileServer(cancel)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{files.server_address[1]}/result.png"
+        job = Job.from_record({"id": "job-1", "status": "COMPLETED", "imageUrl": url})
+        with pytest.raises(DownloadError, match="answered 500"):
+            client.download(job, cancel=cancel)
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert files.downloads == 1  # without the cancel: DOWNLOAD_ATTEMPTS
 
 
 class DrippingServer:

@@ -10,6 +10,9 @@ The ``on_created`` and ``on_progress`` callbacks are handed back to that loop wi
 Cancelling sets the ``threading.Event`` that ``Client.wait`` sleeps on, so polling stops at
 once (a status read already on the wire still completes); a job still queued for a worker
 never starts, and so never costs a credit.
+
+``JobRunner.submit`` is the one worker policy of the package (daemon threads behind a
+semaphore): the blocking ``%%miragic`` magic runs its jobs through it too.
 """
 
 from __future__ import annotations

@@ -52,12 +52,16 @@ SHELL_NAMES = [
 def test_out_refuses_names_the_shell_needs(
     run: Runner, ip: InteractiveShell, api: Emulator, name: str
 ) -> None:
+    before = ip.user_ns.get(name)
     cell = run(f"%%miragic -W 256 -H 256 -o {name}\na cat")
     assert isinstance(cell.error, UsageError)
     line = assert_one_short_line(cell, "UsageError: %%miragic", OWN_NAME, repr(name))
     assert "get_ipython, exit, quit, In, Out" in line  # what is not allowed, by name
     assert api.requests == []
-    assert not isinstance(ip.user_ns.get(name), Image.Image)  # no result replaced it
+    if name.startswith("_i"):  # the shell itself rewrites its input history at every cell
+        assert not isinstance(ip.user_ns.get(name), Image.Image)
+    else:
+        assert ip.user_ns.get(name) is before
     assert run("%miragic models").error is None  # the shell still works
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import io
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRST_RELEASE = "191a9fd"
 _MODULES = ("history", "request", "errors")
 BASE = "http://127.0.0.1:8765"
+#: The committed home this script wrote.
+FIXTURE = ROOT / "tests" / "data" / "first-release-home"
 
 #: (job id, prompt, seed, how the job ended), in the order they are recorded.
 JOBS: list[tuple[str, str, int | None, str]] = [
@@ -38,6 +41,12 @@ JOBS: list[tuple[str, str, int | None, str]] = [
     ("job-pending", "still running somewhere", None, "pending"),
     ("../odd id/with slashes", "an id the server chose badly", 5, "jpeg"),
 ]
+
+
+def copy_fixture(home: Path) -> Path:
+    """A fresh copy of the committed first-release home at ``home``."""
+    shutil.copytree(FIXTURE, home)
+    return home
 
 
 def load_first_release(where: Path) -> ModuleType:

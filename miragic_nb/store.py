@@ -57,7 +57,7 @@ _SCHEMA_STEPS = (
         image_height INTEGER,
         reuse_key TEXT
     );
-    CREATE INDEX jobs_by_reuse_key ON jobs (reuse_key, created_at);
+    CREATE INDEX jobs_by_reuse_key ON jobs (reuse_key, created_at, updated_at, job_id);
     CREATE INDEX jobs_by_creation ON jobs (created_at, updated_at, job_id);
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,

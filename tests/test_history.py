@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -583,6 +584,68 @@ def test_saved_png_carries_metadata_and_identical_pixels(store: History, mode: s
     assert data[:33] == original[:33]
 
 
+FORGED = {"job_id": "server-chosen", "prompt": "what the server claims", "seed": 999}
+
+
+def test_a_forged_jpeg_comment_from_the_server_never_wins(store: History) -> None:
+    # A server's JPEG that already holds a {"miragic": ...} comment, before and after others.
+    clean = jpeg_bytes(seed=13, comment=b"an ordinary server comment")
+    forged = jpeg_insert_comment(clean, json.dumps({"miragic": FORGED}).encode())
+    forged = jpeg_insert_comment(forged, b'{"miragic": {"job_id": "second forgery"}}')
+    request = GenerationRequest("what we asked for", seed=5)
+    saved = complete(store, "our-job", request, forged)
+    assert saved.path is not None
+    data = saved.path.read_bytes()
+
+    embedded = read_embedded_metadata(data)
+    assert embedded is not None
+    assert (embedded["job_id"], embedded["prompt"], embedded["seed"]) == (
+        "our-job",
+        "what we asked for",
+        5,
+    )
+    with Image.open(saved.path) as opened:
+        assert json.loads(opened.info["comment"])["miragic"]["job_id"] == "our-job"
+    assert b"server-chosen" not in data
+    assert b"second forgery" not in data
+    assert b"an ordinary server comment" in data  # other comments are the server's to keep
+    # Not re-encoded: the server's bytes minus the forged segments plus ours.
+    assert pixels(data) == pixels(forged)
+    ours = data.index(b"\xff\xfe", data.index(b"an ordinary server comment"))
+    length = int.from_bytes(data[ours + 2 : ours + 4], "big")
+    assert data[:ours] + data[ours + 2 + length :] == clean
+
+
+@pytest.mark.parametrize("chunk", ["tEXt", "iTXt", "zTXt"])
+def test_a_forged_png_text_chunk_from_the_server_never_wins(store: History, chunk: str) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    text = json.dumps(FORGED)
+    if chunk == "tEXt":
+        info.add_text("miragic", text)
+    else:
+        info.add_itxt("miragic", text, zip=chunk == "zTXt")
+    info.add_text("Software", "the server's own tool")
+    forged = encode(noise(seed=14), "PNG", pnginfo=info)
+    with Image.open(io.BytesIO(forged)) as opened:
+        assert json.loads(opened.info["miragic"])["job_id"] == "server-chosen"  # a real forgery
+    saved = complete(store, "our-job", GenerationRequest("what we asked for", seed=6), forged)
+    assert saved.path is not None
+    data = saved.path.read_bytes()
+
+    embedded = read_embedded_metadata(data)
+    assert embedded is not None
+    assert (embedded["job_id"], embedded["prompt"]) == ("our-job", "what we asked for")
+    with Image.open(saved.path) as opened:
+        assert json.loads(opened.info["miragic"])["job_id"] == "our-job"
+        assert opened.info["Software"] == "the server's own tool"
+    with Image.open(saved.path) as opened:
+        opened.verify()  # every chunk's CRC still holds
+    assert b"server-chosen" not in data
+    assert pixels(data) == pixels(forged)
+
+
 def test_other_formats_are_saved_as_sent(store: History) -> None:
     original = encode(noise(seed=3), "GIF")
     saved = complete(store, "job-gif", GenerationRequest("gif", seed=1), original)
@@ -696,3 +759,44 @@ def test_importing_history_does_not_load_pillow() -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert out.stdout.strip() == "False"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_documented_spelling_of_the_history_readers_works() -> None:
+    # ``miragic_nb.history`` is the function (``miragic_nb.history()``); the readers the README
+    # names as ``miragic_nb.history.<name>`` are its attributes, and the module's names too.
+    spelled = set(re.findall(r"miragic_nb\.history\.([A-Za-z_]\w*)", README.read_text("utf-8")))
+    assert "read_embedded_metadata" in spelled
+    import miragic_nb.history as imported_as
+
+    module = sys.modules["miragic_nb.history"]
+    for name in spelled:
+        assert getattr(miragic_nb.history, name) is getattr(module, name), name
+        assert getattr(imported_as, name) is getattr(module, name), name
+    assert callable(miragic_nb.history)
+    assert isinstance(miragic_nb.history(), list)
+
+    # And in a fresh interpreter, as a user would type them.
+    lines = [f"print(miragic_nb.history.{name}.__name__)" for name in sorted(spelled)]
+    code = "import miragic_nb\nimport miragic_nb.history\n" + "\n".join(lines)
+    code += "\nprint(type(miragic_nb.history()).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=README.parent,
+        env={**os.environ, "PYTHONPATH": str(README.parent)},
+    )
+    assert out.stdout.split() == [*sorted(spelled), "list"]
+
+
+def test_read_embedded_metadata_reads_a_saved_result_by_its_documented_name(
+    store: History,
+) -> None:
+    saved = complete(store, "job-doc", GenerationRequest("documented", seed=1))
+    assert saved.path is not None
+    meta = miragic_nb.history.read_embedded_metadata(saved.path.read_bytes())  # type: ignore[attr-defined]
+    assert (meta["job_id"], meta["prompt"]) == ("job-doc", "documented")

@@ -391,7 +391,7 @@ class History:
             row = store.load_job(connection, job_id) or {"job_id": job_id, "created_at": now}
             status, message = change(row)
             row["updated_at"] = now
-            store.save_job(connection, row)
+            store.save_jobs(connection, [row])
             store.add_event(connection, job_id, status, now, message)
             saved = self._records(
                 connection, connection.execute(_SELECT_JOBS + " WHERE job_id = ?", (job_id,))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,19 +54,25 @@ def import_records(connection: sqlite3.Connection, home: Path) -> list[Path]:
     """Copy every first-release record into the open transaction; the files it read."""
     folder = home / LEGACY_FOLDER
     try:
-        files = sorted(path for path in folder.glob("*.json") if path.is_file())
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".json") and e.is_file())
     except OSError:
         return []
+    files = [folder / name for name in names]
+    known = {job_id for (job_id,) in connection.execute("SELECT job_id FROM jobs")}
+    rows: list[dict[str, Any]] = []
+    events: list[tuple[str, str, str, str | None]] = []
     for path in files:
         parsed = _read(path)
-        if parsed is None:
+        # A job already in the database was brought in before, or recorded since: newer.
+        if parsed is None or parsed[0]["job_id"] in known:
             continue
-        row, events = parsed
-        if store.load_job(connection, row["job_id"]) is not None:
-            continue  # already brought in (or recorded since): the database is newer
-        store.save_job(connection, row)
-        for status, at, message in events:
-            store.add_event(connection, row["job_id"], status, at, message)
+        row, job_events = parsed
+        known.add(row["job_id"])
+        rows.append(row)
+        events.extend((row["job_id"], *event) for event in job_events)
+    store.save_jobs(connection, rows)
+    store.add_events(connection, events)
     return files
 
 
@@ -74,13 +81,16 @@ def move_aside(home: Path, files: list[Path]) -> None:
 
     Best effort: whatever stays behind is imported again (a no-op) and moved next time.
     """
-    target = home / MIGRATED_FOLDER
+    source, target = home / LEGACY_FOLDER, home / MIGRATED_FOLDER
     try:
-        target.mkdir(mode=0o700, exist_ok=True)
-        for path in files:
-            with contextlib.suppress(FileNotFoundError):  # another kernel moved it first
-                path.replace(target / path.name)
-        (home / LEGACY_FOLDER).rmdir()
+        if not target.exists():
+            source.rename(target)  # one step for the usual case: the whole folder
+            _return_unimported(target, source, {path.name for path in files})
+        else:
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):  # another kernel moved it first
+                    path.replace(target / path.name)
+            source.rmdir()
     except OSError as exc:
         log.debug("first-release history files not all moved aside yet: %s", exc)
     locks = home / _LOCKS_FOLDER
@@ -92,11 +102,23 @@ def move_aside(home: Path, files: list[Path]) -> None:
         log.debug("first-release lock folder not removed: %s", exc)
 
 
+def _return_unimported(moved: Path, source: Path, imported: set[str]) -> None:
+    """Put back record files a first-release kernel wrote after they were read, so the next
+    open brings them in."""
+    late = [p for p in moved.glob("*.json") if p.name not in imported]
+    if late:
+        source.mkdir(mode=0o700, exist_ok=True)
+        for path in late:
+            path.replace(source / path.name)
+
+
 def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, str | None]]] | None:
     """A record file as a ``jobs`` row and its events, read as the first release read it
     (a field of the wrong type is unknown); None, with a warning, when it is not a record."""
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None  # another kernel brought it in and moved it aside meanwhile
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         log.warning("not migrating %s: unreadable (%s)", path, type(exc).__name__)
         return None
@@ -107,13 +129,13 @@ def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, str | None]]
     if not isinstance(job_id, str) or safe_stem(job_id) != path.stem:
         log.warning("not migrating %s: its job_id does not match its file name", path)
         return None
-    created = store.parse_time(data.get("created_at")) or _modified(path)
+    created = store.normal_time(data.get("created_at")) or store.format_time(_modified(path))
     width, height = _size(data.get("image_size"))
     row = {
         "job_id": job_id,
         "status": store.as_str(data.get("status")) or "PENDING",
-        "created_at": store.format_time(created),
-        "updated_at": store.format_time(store.parse_time(data.get("updated_at")) or created),
+        "created_at": created,
+        "updated_at": store.normal_time(data.get("updated_at")) or created,
         **{column: store.as_str(data.get(column)) for column in _TEXT_FIELDS},
         **{column: store.as_int(data.get(column)) for column in ("width", "height", "seed")},
         **{column: store.as_float(data.get(column)) for column in _NUMBER_FIELDS},
@@ -124,11 +146,11 @@ def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, str | None]]
     }
     events = data.get("events")
     return row, [
-        (event["status"], store.format_time(at), store.as_str(event.get("error_message")))
+        (event["status"], at, store.as_str(event.get("error_message")))
         for event in (events if isinstance(events, list) else [])
         if isinstance(event, dict)
         and store.as_str(event.get("status"))
-        and (at := store.parse_time(event.get("at")))
+        and (at := store.normal_time(event.get("at")))
     ]
 
 

@@ -13,10 +13,12 @@ tables as one more step in ``_SCHEMA_STEPS``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -102,25 +104,30 @@ JOB_COLUMNS = (
     "reuse_key",
 )
 _URL_COLUMNS = ("image_url", "base_url", "result_url")
+_NORMAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 #: Question marks for a chunk of ``IN (...)``; well under SQLite's variable limit.
 _CHUNK = 500
 
 
 class Database:
-    """The database file under one data directory; every call opens its own connection, so
-    threads and processes never share one."""
+    """The database file under one data directory.
+
+    Each thread gets its own connection, kept open: closing the last connection checkpoints
+    the WAL, which would cost every write another sync. A forked child opens its own.
+    """
 
     def __init__(self, home: Path) -> None:
         self.path = home / DATABASE_NAME
+        self._local = threading.local()
 
     def exists(self) -> bool:
         return self.path.is_file()
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        """A connection for queries (each statement sees a consistent snapshot)."""
-        with self._translated(), closing(self._open()) as connection:
+        """A connection whose queries all see one consistent snapshot."""
+        with self._transaction("BEGIN") as connection:
             yield connection
 
     @contextmanager
@@ -130,14 +137,30 @@ class Database:
         ``BEGIN IMMEDIATE`` takes the write lock first, so a read-modify-write in here cannot
         interleave with another kernel's.
         """
-        with self._translated(), closing(self._open()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
+        with self._transaction("BEGIN IMMEDIATE") as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        with self._translated():
+            connection = self._connection()
+            # Checked every time: a newer miragic-nb may have upgraded the file meanwhile.
+            self._version(connection)
+            connection.execute(begin)
             try:
                 yield connection
             except BaseException:
                 connection.rollback()
                 raise
             connection.commit()
+
+    def _connection(self) -> sqlite3.Connection:
+        opened: tuple[int, sqlite3.Connection] | None = getattr(self._local, "opened", None)
+        if opened is not None and opened[0] == os.getpid():
+            return opened[1]
+        connection = self._open()
+        self._local.opened = (os.getpid(), connection)
+        return connection
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -226,27 +249,44 @@ def cleaned(row: Mapping[str, Any]) -> dict[str, Any]:
     return {column: _cleaned(column, row.get(column)) for column in JOB_COLUMNS}
 
 
-def save_job(connection: sqlite3.Connection, row: Mapping[str, Any]) -> None:
-    """Insert or replace one job (``cleaned`` first)."""
-    values = list(cleaned(row).values())
-    options = row.get("options")
-    values[JOB_COLUMNS.index("options")] = (
-        json.dumps(options, sort_keys=True) if isinstance(options, Mapping) else None
-    )
-    connection.execute(
+def save_jobs(connection: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Insert or replace jobs (``cleaned`` first)."""
+    connection.executemany(
         f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) "
         f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})",
-        values,
+        (_stored(row) for row in rows),
+    )
+
+
+def _stored(row: Mapping[str, Any]) -> list[object]:
+    return [
+        _options_json(row.get(column)) if column == "options" else _cleaned(column, row.get(column))
+        for column in JOB_COLUMNS
+    ]
+
+
+def _options_json(options: object) -> str | None:
+    return json.dumps(options, sort_keys=True) if isinstance(options, Mapping) else None
+
+
+def add_events(
+    connection: sqlite3.Connection, events: Iterable[tuple[str, str, str, str | None]]
+) -> None:
+    """Append (job_id, status, at, error_message) events."""
+    connection.executemany(
+        "INSERT INTO events (job_id, status, at, error_message) VALUES (?, ?, ?, ?)",
+        (
+            (clean_text(job_id), clean_text(status), at, _cleaned("error_message", message))
+            for job_id, status, at, message in events
+        ),
     )
 
 
 def add_event(
     connection: sqlite3.Connection, job_id: str, status: str, at: str, error_message: str | None
 ) -> None:
-    connection.execute(
-        "INSERT INTO events (job_id, status, at, error_message) VALUES (?, ?, ?, ?)",
-        (clean_text(job_id), clean_text(status), at, _cleaned("error_message", error_message)),
-    )
+    """Append one event to a job, dropping its oldest beyond ``MAX_EVENTS``."""
+    add_events(connection, [(job_id, status, at, error_message)])
     connection.execute(
         "DELETE FROM events WHERE job_id = ?1 AND id <= "
         "(SELECT id FROM events WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -280,6 +320,8 @@ def add_reuse(connection: sqlite3.Connection, job_id: str, at: str) -> None:
 def clean_text(text: str) -> str:
     """``text`` as SQLite (and UTF-8) can hold it: a lone surrogate, as a server's broken
     JSON can produce, becomes its ``\\udcxx`` escape instead of failing the write."""
+    if text.isascii():
+        return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -302,7 +344,15 @@ def now() -> str:
 def format_time(moment: datetime) -> str:
     """UTC with microseconds always written, so text order is time order (and SQL can sort)."""
     utc = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    return utc.isoformat(timespec="microseconds")
+
+
+def normal_time(value: object) -> str | None:
+    """A time as ``format_time`` writes it (most first-release times already are), or None."""
+    if isinstance(value, str) and _NORMAL_TIME.fullmatch(value):
+        return value
+    parsed = parse_time(value)
+    return None if parsed is None else format_time(parsed)
 
 
 def parse_time(value: object) -> datetime | None:

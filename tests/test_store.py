@@ -328,14 +328,14 @@ def test_listing_and_reuse_are_indexed_queries(
     for n in range(30):
         complete(store, f"job-{n}", GenerationRequest(f"prompt {n}", model="turbo", seed=n))
     statements: list[str] = []
-    original = store_module.Database._open
+    original = store_module.Database._connection
 
     def traced(self: store_module.Database) -> sqlite3.Connection:
         connection = original(self)
         connection.set_trace_callback(statements.append)
         return connection
 
-    monkeypatch.setattr(store_module.Database, "_open", traced)
+    monkeypatch.setattr(store_module.Database, "_connection", traced)
     assert len(store.records(10)) == 10
     assert store.reuse(GenerationRequest("prompt 7", model="turbo", seed=7), base_url=BASE)
     assert store.get("job-3") is not None

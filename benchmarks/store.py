@@ -52,7 +52,7 @@ def _request(n: int) -> GenerationRequest:
 def _filled(home: Path, count: int) -> tuple[History, GenerationRequest]:
     """A history of ``count`` completed jobs (written in bulk), one with a real saved image."""
     history = History(home)
-    target = _request(count // 2)
+    target = GenerationRequest("the one result to reuse", model="turbo", seed=7)
     history.record_created("target", target, base_url=BASE)
     meta = {"job_id": "target", **target.describe(), "base_url": BASE, "credits_used": 1.0}
     history.record_result(GeneratedImage.from_bytes(photo_like_jpeg(1024, 1024), meta))

@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -113,13 +114,15 @@ _CHUNK = 500
 class Database:
     """The database file under one data directory.
 
-    Each thread gets its own connection, kept open: closing the last connection checkpoints
-    the WAL, which would cost every write another sync. A forked child opens its own.
+    One connection, kept open while this object lives (closing the last connection to a WAL
+    database checkpoints it, which would cost every write another sync) and shared by the
+    process's threads one transaction at a time. A forked child opens its own.
     """
 
     def __init__(self, home: Path) -> None:
         self.path = home / DATABASE_NAME
-        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._opened: tuple[int, sqlite3.Connection] | None = None
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -142,7 +145,7 @@ class Database:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        with self._translated():
+        with self._lock, self._translated():
             connection = self._connection()
             # Checked every time: a newer miragic-nb may have upgraded the file meanwhile.
             self._version(connection)
@@ -155,11 +158,11 @@ class Database:
             connection.commit()
 
     def _connection(self) -> sqlite3.Connection:
-        opened: tuple[int, sqlite3.Connection] | None = getattr(self._local, "opened", None)
-        if opened is not None and opened[0] == os.getpid():
-            return opened[1]
+        if self._opened is not None and self._opened[0] == os.getpid():
+            return self._opened[1]
         connection = self._open()
-        self._local.opened = (os.getpid(), connection)
+        self._opened = (os.getpid(), connection)
+        weakref.finalize(self, connection.close)
         return connection
 
     def _open(self) -> sqlite3.Connection:

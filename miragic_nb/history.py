@@ -84,6 +84,12 @@ CANCELLED = "CANCELLED"
 #: Anything else that ended the wait: a download or decoding failure, a connection error.
 ERROR = "ERROR"
 
+#: Columns that are ``HistoryRecord`` fields as they are.
+_SAME_NAMED = [
+    name
+    for name in store.JOB_COLUMNS
+    if name not in ("created_at", "updated_at", "options", "image", "image_width", "image_height")
+]
 _SELECT_JOBS = f"SELECT {', '.join(store.JOB_COLUMNS)} FROM jobs"
 _NEWEST_FIRST = " ORDER BY created_at DESC, updated_at DESC, job_id DESC"
 
@@ -457,27 +463,12 @@ def _record(
     image = row["image"]
     width, height = row["image_width"], row["image_height"]
     return HistoryRecord(
-        job_id=row["job_id"],
-        status=row["status"],
+        **{name: row[name] for name in _SAME_NAMED},
         created_at=created,
         updated_at=store.parse_time(row["updated_at"]) or created,
-        prompt=row["prompt"],
-        model=row["model"],
-        width=row["width"],
-        height=row["height"],
-        seed=row["seed"],
-        image_url=row["image_url"],
         options=row["options"] or {},
-        base_url=row["base_url"],
         path=home / "images" / image if isinstance(image, str) and is_plain_name(image) else None,
-        result_url=row["result_url"],
-        error_message=row["error_message"],
-        elapsed_s=row["elapsed_s"],
-        processing_s=row["processing_s"],
-        credits_used=row["credits_used"],
-        server_created_at=row["server_created_at"],
         image_size=(width, height) if width is not None and height is not None else None,
-        reuse_key=row["reuse_key"],
         events=tuple(
             StatusEvent(status, at, message)
             for status, text, message in events

@@ -17,27 +17,15 @@ from PIL import Image
 
 from miragic_nb.history import History, HistoryRecord
 from miragic_nb.request import GenerationRequest
-from miragic_nb.store import parse_time
+from miragic_nb.store import JOB_COLUMNS, parse_time
 from tests.first_release import BASE, FIXTURE, JOBS, copy_fixture
 
-JSON_FIELDS = (
-    "status",
-    "prompt",
-    "model",
-    "width",
-    "height",
-    "seed",
-    "image_url",
-    "options",
-    "base_url",
-    "result_url",
-    "error_message",
-    "elapsed_s",
-    "processing_s",
-    "credits_used",
-    "server_created_at",
-    "reuse_key",
-)
+#: The record fields stored under the same name in a first-release file.
+JSON_FIELDS = [
+    name
+    for name in JOB_COLUMNS
+    if name not in ("job_id", "created_at", "updated_at", "image", "image_width", "image_height")
+]
 
 
 def first_release_records() -> dict[str, dict[str, Any]]:

@@ -239,12 +239,11 @@ class History:
         def update(row: dict[str, Any]) -> tuple[str, str | None]:
             # What record_created saw is the request as sent; the image's metadata fills gaps
             # (e.g. a job resumed by id in another kernel).
-            request_fields = _metadata_request_fields(meta)
-            if not row.get("reuse_key"):
-                row["reuse_key"] = _reuse_key({**request_fields, **_known(row)})
-            for key, value in request_fields.items():
+            for key, value in _metadata_request_fields(meta).items():
                 if row.get(key) is None:
                     row[key] = value
+            if not row.get("reuse_key"):  # record_created's key is the request's own
+                row["reuse_key"] = _reuse_key(row)
             row.update(_metadata_result_fields(meta))
             row.update(status=COMPLETED, error_message=None, image=name)
             if image.size:
@@ -322,9 +321,15 @@ class History:
         """
         if request.seed is None:
             return None
-        key = reuse_key(request, base_url=base_url)
+        query = _SELECT_JOBS + " WHERE reuse_key = ? AND status = ?" + _NEWEST_FIRST
         with self._reading() as connection:
-            image = None if connection is None else self._reusable(connection, key)
+            if connection is None:
+                return None
+            rows = connection.execute(query, (reuse_key(request, base_url=base_url), COMPLETED))
+            candidates = self._records(connection, rows.fetchall())
+        # Decoded outside the transaction: other threads need not wait for Pillow.
+        loaded = (_load(record) for record in candidates)
+        image = next((image for image in loaded if image is not None), None)
         if image is None:
             return None
         try:
@@ -403,15 +408,6 @@ class History:
                 connection, connection.execute(_SELECT_JOBS + " WHERE job_id = ?", (job_id,))
             )
         return saved[0]
-
-    def _reusable(self, connection: sqlite3.Connection, key: str) -> GeneratedImage | None:
-        """The newest completed result with this reuse key whose image still loads."""
-        query = _SELECT_JOBS + " WHERE reuse_key = ? AND status = ?" + _NEWEST_FIRST
-        for values in connection.execute(query, (key, COMPLETED)).fetchall():
-            image = _load(self._records(connection, [values])[0])
-            if image is not None:
-                return image
-        return None
 
     def _records(self, connection: sqlite3.Connection, rows: Iterable[Any]) -> list[HistoryRecord]:
         parsed = [store.job_row(values) for values in rows]
@@ -537,15 +533,6 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _clean_base_url(base_url: str | None) -> str | None:
     return base_url.strip().rstrip("/") if isinstance(base_url, str) else None
-
-
-def _known(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The request fields a row already has (from ``record_created``)."""
-    return {
-        key: row[key]
-        for key in ("prompt", "model", "width", "height", "seed", "image_url", "base_url")
-        if row.get(key) is not None
-    } | ({"options": row["options"]} if row.get("options") else {})
 
 
 def _metadata_request_fields(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ tables as one more step in ``_SCHEMA_STEPS``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -269,7 +270,15 @@ def _stored(row: Mapping[str, Any]) -> list[object]:
 
 
 def _options_json(options: object) -> str | None:
-    return json.dumps(options, sort_keys=True) if isinstance(options, Mapping) else None
+    if not isinstance(options, Mapping):
+        return None
+    return _options_text(tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _options_text(items: tuple[tuple[str, bool | None], ...]) -> str:
+    # A handful of distinct option sets cover every job: encode each once.
+    return json.dumps(dict(items))
 
 
 def add_events(
@@ -330,7 +339,7 @@ def clean_text(text: str) -> str:
 
 def strip_userinfo(url: str) -> str:
     """``url`` without any ``user:password@``: credentials are never stored."""
-    return _USERINFO.sub(r"\1", url)
+    return _USERINFO.sub(r"\1", url) if "@" in url else url
 
 
 def _cleaned(column: str, value: object) -> object:

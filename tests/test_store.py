@@ -156,24 +156,27 @@ def test_a_writer_killed_mid_write_leaves_every_committed_record(tmp_path: Path)
     reported: list[str] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for round_number in range(5):
-        child = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(home), str(round_number * 10_000)],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
-        )
-        assert child.stdout is not None
-        wanted, deadline = rng.randint(3, 40), time.monotonic() + 60
-        while len(reported) < wanted + round_number * 40 and time.monotonic() < deadline:
-            line = child.stdout.readline()
-            if not line:
-                break
-            reported.append(line.strip())
-        time.sleep(rng.uniform(0, 0.02))  # land anywhere in the next write
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        reported.extend(line.strip() for line in child.stdout if line.strip())
+        ) as child:
+            assert child.stdout is not None
+            wanted, deadline = rng.randint(3, 40), time.monotonic() + 60
+            committed: list[str] = []
+            while len(committed) < wanted and time.monotonic() < deadline:
+                line = child.stdout.readline()
+                if not line:
+                    break
+                committed.append(line.strip())
+            time.sleep(rng.uniform(0, 0.02))  # land anywhere in the next write
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+            committed.extend(line.strip() for line in child.stdout if line.strip())
         assert child.returncode == -signal.SIGKILL
+        assert len(committed) >= wanted
+        reported.extend(committed)
     assert len(reported) >= 5 * 3
 
     history = History(home)

@@ -238,11 +238,12 @@ def _error(message: str, status: int) -> Response:
 def _throttled(wait: float) -> Response:
     """429 for a request that found its bucket empty; a token is there in ``wait`` seconds."""
     response = _error(TOO_MANY_REQUESTS, 429)
-    # Retry-After takes whole seconds (RFC 9110), so round up: retrying then always succeeds.
-    # The precise wait goes in X-RateLimit-Reset-After, as Discord's API sends it.
-    wait = round(wait, 3)
-    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    response.headers["X-RateLimit-Reset-After"] = f"{wait:.3f}"
+    # Both hints round up, so a client that waits exactly as long always finds a token:
+    # Retry-After in whole seconds (RFC 9110 delta-seconds), and the wait to the millisecond
+    # in X-RateLimit-Reset-After, as Discord's API sends it.
+    millis = math.ceil(wait * 1000)
+    response.headers["Retry-After"] = str(max(1, math.ceil(millis / 1000)))
+    response.headers["X-RateLimit-Reset-After"] = f"{millis / 1000:.3f}"
     return response
 
 

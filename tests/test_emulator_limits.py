@@ -67,8 +67,8 @@ def test_bucket_arithmetic(rate: float, burst: int, script: list[tuple[float, fl
 
 @given(
     rate=st.floats(0.05, 200),
-    burst=st.integers(1, 30),
-    gaps=st.lists(st.floats(0, 3), min_size=1, max_size=80),
+    burst=st.integers(1, 10),
+    gaps=st.lists(st.floats(0, 1.5), min_size=1, max_size=80),
 )
 def test_bucket_admits_at_most_burst_plus_refill_and_its_wait_is_exact(
     rate: float, burst: int, gaps: list[float]
@@ -78,7 +78,7 @@ def test_bucket_admits_at_most_burst_plus_refill_and_its_wait_is_exact(
     bucket = TokenBucket(RateLimit(rate, burst), clock)
     admitted = 0
     for gap in gaps:
-        clock.now += gap
+        clock.now += gap / rate  # gaps in units of one token's time, so buckets run dry
         wait = bucket.take()
         if wait == 0:
             admitted += 1

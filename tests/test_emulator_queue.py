@@ -122,15 +122,16 @@ def span(data: dict[str, Any]) -> float:
 def test_the_job_beyond_n_workers_waits_with_progress_zero(
     emu: Emulator, http: requests.Session
 ) -> None:
+    emu.job_seconds = 10.0
     first, second, third = (create(emu, http) for _ in range(3))
     assert emu.jobs[first].queued_seconds == 0
     assert emu.jobs[second].queued_seconds == 0
-    assert emu.jobs[third].queued_seconds > 25  # until the first of 30 s jobs is over
-    # The first two run (their progress moves: 1% every 0.3 s) while the third has not started.
+    assert emu.jobs[third].queued_seconds > 8  # until the first of the 10 s jobs is over
+    # The first two run (1% every 0.1 s) while the third, created with them, has not started.
     deadline = time.monotonic() + 10
-    while (running := record(emu, http, first))["progress"] == 0:
+    while (running := record(emu, http, first))["progress"] < 5:
         assert time.monotonic() < deadline, "the first job's progress never moved"
-        time.sleep(0.02)
+        time.sleep(0.05)
     queued = record(emu, http, third)
     assert running["status"] == "PENDING"
     assert (queued["status"], queued["progress"]) == ("PENDING", 0)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -201,6 +202,21 @@ def first_refusal(send: Callable[[], requests.Response], attempts: int) -> reque
         if response.status_code != 200:
             return response
     raise AssertionError(f"{attempts} requests in a row were admitted")
+
+
+def test_concurrent_creates_get_exactly_the_burst(emu: Emulator) -> None:
+    emu.limits.create = RateLimit(NO_REFILL, burst=10)
+
+    def client(_: int) -> list[int]:
+        with requests.Session() as session:
+            session.trust_env = False
+            return [create(emu, session).status_code for _ in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [code for codes in pool.map(client, range(8)) for code in codes]
+    assert (codes.count(200), codes.count(429)) == (10, 30)
+    assert len(emu.jobs) == 10
+    assert emu.throttled("create") == 30
 
 
 def test_tokens_come_back_when_the_429_said(emu: Emulator, http: requests.Session) -> None:

@@ -318,6 +318,8 @@ def test_a_throttled_request_consumes_no_injected_fault(
     ("argv", "message"),
     [
         (["--create-rate", "0"], "--create-rate/--create-burst: per_second must be a positive"),
+        (["--status-rate", "inf"], "per_second must be a positive finite number, not inf"),
+        (["--status-rate", "nan"], "per_second must be a positive finite number, not nan"),
         (["--status-rate", "2", "--status-burst", "0"], "burst must be a positive int"),
         (["--download-burst", "3"], "--download-burst needs --download-rate"),
         (["--workers", "0"], "--workers must be at least 1"),

@@ -69,8 +69,9 @@ def _rate_limits(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             if burst is not None:
                 parser.error(f"--{kind}-burst needs --{kind}-rate")
             continue
+        # ceil() of inf or nan raises; RateLimit refuses those rates with a clearer message.
+        default_burst = max(1, math.ceil(rate)) if 0 < rate < math.inf else 1
         try:
-            default_burst = max(1, math.ceil(rate)) if rate > 0 else 1
             limits[kind] = RateLimit(rate, burst if burst is not None else default_burst)
         except ValueError as exc:
             parser.error(f"--{kind}-rate/--{kind}-burst: {exc}")

@@ -1,8 +1,7 @@
 """The emulator's WSGI applications: the API origin and the second (result-file) origin.
 
 Both share one :class:`EmulatorState` (jobs, faults, rate limits, service queue, request log,
-render pool). The API
-origin answers the reference's two calls and serves result files under
+render pool). The API origin answers the reference's two calls and serves result files under
 ``/uploads/image-generation/processed/<user>/<file>.jpg``; the second origin serves the same
 files under ``/files/<user>/<file>.jpg`` plus redirect hops ``/hop/<n>/<user>/<file>.jpg``.
 """

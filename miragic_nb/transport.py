@@ -1,0 +1,319 @@
+"""HTTP transport: the session, retries, deadlines, size caps and the origin-scoped key.
+
+Every request runs under a wall-clock deadline (:func:`deadline`) that covers connecting,
+urllib3's own retries and their sleeps, and the whole body: a server that drips one byte at a
+time never trips a per-read timeout, so bodies are read in a loop that checks the clock, and a
+watchdog shuts the socket down at the deadline. Bodies are counted after decompression and
+capped, so a small gzip answer cannot inflate into gigabytes. Result URLs that point at
+link-local addresses (where cloud metadata services answer) are refused, also after a redirect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import config
+from .polling import parse_retry_after
+
+#: Longest a whole API request (connect, retries, answer) may take when no job deadline is nearer.
+REQUEST_DEADLINE_S = 60.0
+#: Longest a whole result download may take when no job deadline is nearer.
+DOWNLOAD_DEADLINE_S = 300.0
+#: Largest API answer accepted, counted after decompression; real answers are a few kB.
+MAX_ANSWER_BYTES = 1024 * 1024
+#: Longest ``Retry-After`` honoured on the create call (no job exists yet to wait for).
+MAX_CREATE_RETRY_AFTER_S = 30.0
+#: Longest ``Retry-After`` honoured on a status read or download: the job is paid for and may
+#: be ready long before a hostile or confused server says to come back.
+MAX_READ_RETRY_AFTER_S = 5.0
+#: Statuses urllib3 retries for GETs (status reads and downloads) before we see them.
+RETRIED_STATUSES = (429, 502, 503, 504)
+_CHUNK = 64 * 1024
+#: A URL's scheme and ``//``, then its userinfo up to the last ``@`` before the path.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?(//)[^/?#]*@")
+
+#: The monotonic moment the current request (and any wait inside it) must be over by.
+_deadline: ContextVar[float] = ContextVar("miragic_deadline", default=math.inf)
+
+
+@contextmanager
+def deadline(moment: float) -> Iterator[float]:
+    """Run the block under ``moment`` (monotonic), or under an outer deadline if that is nearer."""
+    effective = min(moment, _deadline.get())
+    token = _deadline.set(effective)
+    try:
+        yield effective
+    finally:
+        _deadline.reset(token)
+
+
+def time_left() -> float:
+    """Seconds until the current deadline (``inf`` outside any)."""
+    return _deadline.get() - time.monotonic()
+
+
+def sleep(seconds: float) -> None:
+    """Sleep, but never past the current deadline."""
+    pause = min(seconds, time_left())
+    if pause > 0:
+        time.sleep(pause)
+
+
+def timeouts(connect: float, read: float) -> tuple[float, float]:
+    """Per-attempt connect and read timeouts, none longer than the time left (at least 1 ms)."""
+    left = max(time_left(), 0.001)
+    return (min(connect, left), min(read, left))
+
+
+class BoundedRetry(Retry):
+    """urllib3 ``Retry`` whose every sleep is capped and ends by the current deadline.
+
+    Once the deadline has passed it counts as exhausted, so urllib3 stops retrying and the
+    caller sees the last answer or error.
+    """
+
+    #: Longest ``Retry-After`` slept on.
+    retry_after_cap = MAX_READ_RETRY_AFTER_S
+
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = parse_retry_after(response.headers.get("Retry-After"))
+        if seconds is None:
+            return None
+        return max(0.0, min(seconds, self.retry_after_cap, time_left()))
+
+    def get_backoff_time(self) -> float:
+        return max(0.0, min(super().get_backoff_time(), time_left()))
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or time_left() <= 0
+
+
+class CreateRetry(BoundedRetry):
+    # A 503 may have reached the application; only a 429 certainly created no job.
+    RETRY_AFTER_STATUS_CODES = frozenset({429})
+    retry_after_cap = MAX_CREATE_RETRY_AFTER_S
+
+
+def read_retry() -> Retry:
+    """Status reads and downloads: connection errors, read errors, 429 and 502/503/504."""
+    return BoundedRetry(
+        total=5,
+        connect=4,
+        read=2,
+        status=4,
+        other=0,
+        backoff_factor=0.25,
+        backoff_max=4.0,
+        status_forcelist=RETRIED_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+
+
+def create_retry() -> Retry:
+    """The create ``POST``: only what certainly made no job (a refused connection, a 429)."""
+    return CreateRetry(
+        total=4,
+        connect=3,
+        read=0,
+        status=3,
+        other=0,
+        redirect=0,
+        backoff_factor=0.5,
+        backoff_max=4.0,
+        status_forcelist=(429,),
+        allowed_methods=frozenset({"POST"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+
+
+class HeaderSecret(str):
+    """The key as a header value: sent as itself, shown masked in reprs.
+
+    urllib3's and http.client's frames hold the headers dict while a request is on the wire;
+    a traceback that captures locals (a Ctrl-C in IPython's verbose mode) prints it.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'********'"
+
+
+class ApiKeyAuth(requests.auth.AuthBase):
+    """Adds ``X-API-Key`` only to requests for the API's own origin."""
+
+    def __init__(self, api_key: config.Secret, api_origin: tuple[str, str, int | None]) -> None:
+        self._api_key = api_key
+        self._api_origin = api_origin
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if request.url and config.origin(request.url) == self._api_origin:
+            request.headers["X-API-Key"] = HeaderSecret(self._api_key.reveal())
+        else:
+            request.headers.pop("X-API-Key", None)
+        return request
+
+    def __repr__(self) -> str:
+        return "<API key auth (hidden)>"
+
+
+class LinkLocalAddressError(requests.exceptions.InvalidURL):
+    """A URL names a link-local address (169.254.0.0/16, fe80::/10): never fetched."""
+
+
+class OriginBoundSession(requests.Session):
+    """A session that drops ``X-API-Key`` when a redirect leaves the API's origin, and that
+    refuses to follow a redirect to a link-local address.
+
+    requests strips ``Authorization`` on a cross-host redirect but keeps custom headers.
+    """
+
+    def __init__(self, api_origin: tuple[str, str, int | None]) -> None:
+        super().__init__()
+        self.api_origin = api_origin
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target: str | None = super().get_redirect_target(resp)
+        if target:
+            refuse_link_local(urljoin(resp.url, target))
+        return target
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        if prepared_request.url and config.origin(prepared_request.url) != self.api_origin:
+            prepared_request.headers.pop("X-API-Key", None)
+
+
+def make_session(
+    base_url: str, create_path: str, api_key: config.Secret | None
+) -> OriginBoundSession:
+    """A session for one API: read retries everywhere, the create policy on the create URL."""
+    origin = config.origin(base_url)
+    session = OriginBoundSession(origin)
+    session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
+    session.headers["Accept"] = "application/json"
+    read_adapter = HTTPAdapter(max_retries=read_retry(), pool_maxsize=32)
+    session.mount("https://", read_adapter)
+    session.mount("http://", read_adapter)
+    # Longest prefix wins: the create endpoint gets the no-duplicate-job retry policy.
+    session.mount(base_url + create_path, HTTPAdapter(max_retries=create_retry(), pool_maxsize=32))
+    if api_key:
+        session.auth = ApiKeyAuth(api_key, origin)
+    return session
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+class BodyError(Exception):
+    """A body could not be read whole: ``kind`` is "deadline", "too_large" or "broken"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def read_body(response: requests.Response, *, limit: int) -> bytes:
+    """Read a streamed response's decoded body, by the current deadline and up to ``limit`` bytes.
+
+    ``read1`` returns whatever one socket read brought, so the clock is checked between
+    drips; a watchdog shuts the socket down at the deadline for a read that would block past
+    it. Decompression is bounded per read by urllib3, and the decoded size is what is capped.
+    """
+    raw = response.raw
+    left = time_left()
+    watchdog = threading.Timer(max(left, 0.0), _shut_down, (raw,))
+    watchdog.daemon = True
+    if math.isfinite(left):
+        watchdog.start()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time_left() <= 0:
+                raise BodyError("deadline", "the answer did not arrive whole before the deadline")
+            chunk = raw.read1(_CHUNK, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise BodyError("too_large", f"the answer is over the {limit:,}-byte cap")
+            chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        if time_left() <= 0:
+            raise BodyError(
+                "deadline", "the answer did not arrive whole before the deadline"
+            ) from None
+        raise BodyError("broken", type(exc).__name__) from exc
+    finally:
+        watchdog.cancel()
+    if time_left() <= 0:
+        # The watchdog cut the connection: what arrived is not the whole body.
+        raise BodyError("deadline", "the answer did not arrive whole before the deadline")
+    return b"".join(chunks)
+
+
+def _shut_down(raw: urllib3.response.HTTPResponse) -> None:
+    # Already closed or released to the pool: then nothing is blocked on it.
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
+        raw.shutdown()
+
+
+# -- URLs ---------------------------------------------------------------------------------
+
+
+def refuse_link_local(url: str) -> None:
+    """Raise ``LinkLocalAddressError`` when ``url``'s host is a link-local IP address.
+
+    Also catches the spellings ``getaddrinfo`` accepts for IPv4 (``2852039166``, ``0xa9.254.0.1``)
+    and IPv4-mapped IPv6.
+    """
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return  # requests refuses such a URL itself
+    address = _ip_address(host or "")
+    if address is not None and address.is_link_local:
+        raise LinkLocalAddressError(
+            f"refused to fetch {strip_userinfo(url)[:100]}: {address} is a link-local address "
+            "(where cloud metadata services live), never a result host"
+        )
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part (kept out of the history and image metadata)."""
+    return _USERINFO.sub(r"\1\2", url, count=1)

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urljoin
 
+from .errors import APIError
+
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
@@ -32,10 +34,14 @@ class Job:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, base_url: str | None = None) -> Job:
-        """Build a Job from the ``data`` object of a create or status answer."""
+        """Build a Job from the ``data`` object of a create or status answer.
+
+        Every field but the id is read tolerantly (an odd value is as good as none); a record
+        without an id is an ``APIError``.
+        """
         job_id = job_id_of(record)
         if job_id is None:
-            raise ValueError("job record has no id")
+            raise APIError("job record has no id", status_code=200)
         status = (_text(record.get("status")) or PENDING).upper()
         return cls(
             id=job_id,

@@ -197,6 +197,9 @@ class OriginBoundSession(requests.Session):
         target: str | None = super().get_redirect_target(resp)
         if target:
             refuse_link_local(urljoin(resp.url, target))
+            # requests reads a redirect's own body before following it, with no size cap or
+            # deadline; nobody needs it, so the connection is closed and nothing is read.
+            resp.close()
         return target
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:

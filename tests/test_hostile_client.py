@@ -235,6 +235,17 @@ def test_a_dripping_answer_cannot_outlast_the_deadline(where: str) -> None:
     assert record.status == TIMEOUT
 
 
+def test_a_redirect_whose_own_body_drips_is_followed_at_once() -> None:
+    moved = http_answer(
+        302, b"", headers=[("Location", "/files/real.png"), ("Content-Length", "100000")]
+    )
+    data = image_bytes("PNG")
+    files = {RESULT_PATH: lambda: drip(moved), "/files/real.png": http_answer(200, data)}
+    with ScriptedApi(files=files) as api, hostile_client(api) as client:
+        image = client.generate("a lighthouse", timeout=3)
+    assert image.original_bytes == data
+
+
 # -- 10. Retry-After on status reads is capped and bounded by the time left ------------------
 
 

@@ -1,9 +1,11 @@
 """The Miragic API client: create a job (once), poll it, download and decode the result.
 
-Every HTTP call goes through ``Client._send``, where every failure becomes one typed error
-(``errors.py``). Transport retries are urllib3's ``Retry``, configured per contract decision 8:
-status reads and downloads retry connection errors, read errors, 429 and 502/503/504; the create
-``POST`` retries only what certainly created no job (a connection that never opened, a 429).
+Every API call goes through ``Client._send`` and every download through ``Client._fetch``,
+where every failure becomes one typed error (``errors.py``); the session, its retries, the
+deadlines and size caps live in ``transport.py``. Status reads and downloads retry connection
+errors, read errors, 429 and 502/503/504; the create ``POST`` retries only what certainly
+created no job (a connection that never opened, a 429). A whole generation runs under one
+deadline (``timeout``), which bounds every request and every wait inside it.
 """
 
 from __future__ import annotations

@@ -117,14 +117,10 @@ def read_retry() -> Retry:
         connect=4,
         read=2,
         status=4,
-        other=0,
         backoff_factor=0.25,
-        backoff_max=4.0,
         status_forcelist=RETRIED_STATUSES,
         allowed_methods=frozenset({"GET"}),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-        raise_on_redirect=False,
+        **_ANSWERS_COME_BACK,
     )
 
 
@@ -135,16 +131,23 @@ def create_retry() -> Retry:
         connect=3,
         read=0,
         status=3,
-        other=0,
         redirect=0,
         backoff_factor=0.5,
-        backoff_max=4.0,
         status_forcelist=(429,),
         allowed_methods=frozenset({"POST"}),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-        raise_on_redirect=False,
+        **_ANSWERS_COME_BACK,
     )
+
+
+#: Shared by both policies: the last answer (a 429, a 503, a redirect) is returned to the
+#: client, which turns it into a typed error, rather than raised by urllib3.
+_ANSWERS_COME_BACK: dict[str, Any] = {
+    "other": 0,
+    "backoff_max": 4.0,
+    "respect_retry_after_header": True,
+    "raise_on_status": False,
+    "raise_on_redirect": False,
+}
 
 
 class HeaderSecret(str):

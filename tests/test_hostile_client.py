@@ -87,22 +87,24 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_audit)
 
 
+def _watching(kind: str) -> Iterator[list[Any]]:
+    _watch[kind] = []
+    try:
+        yield _watch[kind]
+    finally:
+        del _watch[kind]
+
+
 @pytest.fixture
 def popen_calls() -> Iterator[list[Any]]:
-    _watch["popen"] = []
-    try:
-        yield _watch["popen"]
-    finally:
-        del _watch["popen"]
+    """Every subprocess the test starts."""
+    yield from _watching("popen")
 
 
 @pytest.fixture
 def outside_connects() -> Iterator[list[Any]]:
-    _watch["connect"] = []
-    try:
-        yield _watch["connect"]
-    finally:
-        del _watch["connect"]
+    """Every connection the test tries to anywhere but loopback (each one refused)."""
+    yield from _watching("connect")
 
 
 # -- 1. a status answer that names another job ----------------------------------------------

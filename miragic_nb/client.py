@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -448,7 +448,8 @@ class Client:
                 return saved
         with transport.deadline(started + limit):
             job = self.submit(request)
-        self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
+        recorded = _without_userinfo(request)
+        self._record(lambda h: h.record_created(job.id, recorded, base_url=self.base_url))
         if on_created is not None:
             on_created(job)
         try:
@@ -815,6 +816,13 @@ def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[st
     if isinstance(exc, JobTimeoutError):
         return (CANCELLED if cancel is not None and cancel.is_set() else TIMEOUT), None
     return ERROR, str(exc)
+
+
+def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
+    """The request as the history may keep it: no ``user:password@`` in its image URL."""
+    if request.image_url is None:
+        return request
+    return replace(request, image_url=transport.strip_userinfo(request.image_url))
 
 
 def _request_from_job(job: Job) -> GenerationRequest:

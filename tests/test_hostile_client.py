@@ -425,20 +425,30 @@ def test_link_local_result_urls_are_refused(
     assert outside_connects == []
 
 
-def test_userinfo_in_a_result_url_is_never_stored() -> None:
+def test_userinfo_in_a_url_is_never_stored() -> None:
     def completed() -> list[bytes]:
-        host = api.url.removeprefix("http://")
         url = f"http://user:hunter2@{host}{RESULT_PATH}"
         return [json_answer(status_record(processedImageUrl=url))]
 
     api = ScriptedApi(statuses=[completed])
+    host = api.url.removeprefix("http://")
+    source = f"http://someone:swordfish@{host}/files/input.png"
     with api, hostile_client(api) as client:
-        image = client.generate("a lighthouse")
+        image = client.generate("the same, in winter", model="kontext", image_url=source)
     assert isinstance(image, GeneratedImage)
     assert image.metadata["result_url"] == api.url + RESULT_PATH
+    assert image.metadata["image_url"] == api.url + "/files/input.png"
+    # The API itself was sent the input URL as given: it is the one that fetches it.
+    (create,) = [r for r in api.server.requests if r.method == "POST"]
+    assert b"swordfish" in create.body
     record = history_of(client).get(JOB_ID)
     assert record is not None
-    assert record.result_url == api.url + RESULT_PATH
+    assert (record.result_url, record.image_url) == (
+        api.url + RESULT_PATH,
+        api.url + "/files/input.png",
+    )
     assert record.path is not None
     # The image file carries its metadata too.
-    assert b"hunter2" not in Path(record.path).read_bytes()
+    stored = Path(record.path).read_bytes()
+    assert b"hunter2" not in stored
+    assert b"swordfish" not in stored

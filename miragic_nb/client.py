@@ -344,10 +344,9 @@ class Client:
             self.durations.observe(*submission.kind, seconds, progress=progress)
             return
         params = job.parameters
-        width, height = params.get("width", ""), params.get("height", "")
-        if params.get("model") and width.isdigit() and height.isdigit():
-            kind = (params["model"], int(width), int(height))
-            self.durations.observe(*kind, seconds, progress=progress)
+        width, height = _whole_number(params.get("width")), _whole_number(params.get("height"))
+        if params.get("model") and width is not None and height is not None:
+            self.durations.observe(params["model"], width, height, seconds, progress=progress)
 
     def download(self, job: Job) -> tuple[bytes, Job]:
         """Fetch a completed job's image bytes; returns them with the job they came from.
@@ -818,6 +817,16 @@ def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[st
     return ERROR, str(exc)
 
 
+def _whole_number(text: str | None) -> int | None:
+    """A recorded parameter as a whole number, when it is written in ASCII digits.
+
+    ``str.isdigit`` also accepts "²", which ``int`` refuses: a server's odd parameter must
+    never break a resume.
+    """
+    text = (text or "").strip()
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
 def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
     """The request as the history may keep it: no ``user:password@`` in its image URL."""
     if request.image_url is None:
@@ -834,18 +843,14 @@ def _request_from_job(job: Job) -> GenerationRequest:
         value = params.get(name, "").lower()
         return {"true": True, "false": False}.get(value)
 
-    def number(name: str, default: int | None) -> int | None:
-        value = params.get(name, "").strip()
-        return int(value) if _DIGITS.fullmatch(value) else default
-
     try:
         return GenerationRequest(
             prompt,
             model=params.get("model") or "flux",
-            width=number("width", 1024) or 1024,
-            height=number("height", 1024) or 1024,
+            width=_whole_number(params.get("width")) or 1024,
+            height=_whole_number(params.get("height")) or 1024,
             image_url=params.get("image_url") or None,
-            seed=number("seed", None),
+            seed=_whole_number(params.get("seed")),
             enhance=flag("enhance"),
             safe=flag("safe"),
             private=flag("private"),

@@ -308,7 +308,8 @@ def test_a_deeply_nested_status_answer_is_a_failed_read() -> None:
 
 def test_odd_recorded_parameters_do_not_break_a_resume() -> None:
     params = {"prompt": "a lighthouse", "width": "²", "height": "٣", "seed": "²", "model": "flux"}
-    with ScriptedApi(statuses=[status_answer(parameters=params)]) as api:
+    completed = status_answer(parameters=params, metadata={"processingTimeMs": 1200})
+    with ScriptedApi(statuses=[completed]) as api:
         with hostile_client(api) as client:
             image = client.finish(JOB_ID)
     assert (image.metadata["width"], image.metadata["height"], image.metadata["seed"]) == (

@@ -606,9 +606,9 @@ class Client:
 
     def _failure_message(self, exc: Exception) -> str:
         """What went wrong with a request that got no usable answer, in one line."""
-        if isinstance(exc, _OutOfTime) or (
-            isinstance(exc, transport.BodyError) and exc.kind == "deadline"
-        ):
+        if isinstance(exc, _OutOfTime):
+            return f"no time was left to send a request to {self.base_url}"
+        if isinstance(exc, transport.BodyError) and exc.kind == "deadline":
             return f"{self.base_url} did not send a whole answer in time"
         if isinstance(exc, transport.BodyError) and exc.kind == "too_large":
             return f"{self.base_url} sent an answer over {transport.MAX_ANSWER_BYTES:,} bytes"
@@ -746,7 +746,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _never_connected(exc: BaseException) -> bool:
     """True when the connection never opened, so the server certainly saw no request."""
     unsent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
-    return isinstance(exc, requests.ConnectTimeout) or any(
+    return isinstance(exc, (requests.ConnectTimeout, _OutOfTime)) or any(
         isinstance(inner, unsent) for inner in _chain(exc)
     )
 

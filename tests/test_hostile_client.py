@@ -21,6 +21,7 @@ from PIL import EpsImagePlugin
 
 from miragic_nb import Client, GeneratedImage, Job
 from miragic_nb.errors import (
+    APIConnectionError,
     DownloadError,
     JobFailedError,
     JobTimeoutError,
@@ -235,6 +236,15 @@ def test_a_dripping_answer_cannot_outlast_the_deadline(where: str) -> None:
     record = history_of(client).get(JOB_ID)
     assert record is not None
     assert record.status == TIMEOUT
+
+
+def test_no_job_is_created_once_the_deadline_has_passed() -> None:
+    with ScriptedApi() as api, hostile_client(api) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            client.generate("a lighthouse", timeout=1e-9)
+        assert api.server.requests == []
+    assert "no time was left to send a request" in assert_one_line(caught.value)
+    assert "may have been created" not in str(caught.value)
 
 
 def test_a_redirect_whose_own_body_drips_is_followed_at_once() -> None:

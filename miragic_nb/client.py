@@ -10,7 +10,6 @@ deadline (``timeout``), which bounds every request and every wait inside it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -20,14 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
-import requests
-import urllib3
-
 from . import config, transport
 from .errors import (
     APIConnectionError,
     APIError,
-    AuthenticationError,
     DownloadError,
     InvalidRequestError,
     JobFailedError,
@@ -35,8 +30,6 @@ from .errors import (
     MiragicError,
     MissingAPIKeyError,
     RateLimitError,
-    body_excerpt,
-    message_from_body,
     server_text,
 )
 from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
@@ -47,7 +40,6 @@ from .polling import (
     PollSchedule,
     RecentSubmissions,
     Submission,
-    parse_retry_after,
 )
 from .request import GenerationRequest
 
@@ -582,104 +574,29 @@ class Client:
     def _send(
         self, method: str, url: str, *, job_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """The one choke point: send, then turn every failure into a typed error."""
-        with transport.deadline(time.monotonic() + transport.REQUEST_DEADLINE_S):
-            try:
-                if transport.time_left() <= 0:
-                    raise _OutOfTime()
-                with self._session.request(
-                    method,
-                    url,
-                    timeout=transport.timeouts(*self._timing.as_tuple()),
-                    allow_redirects=False,
-                    stream=True,
-                    **kwargs,
-                ) as response:
-                    data = transport.read_body(response, limit=transport.MAX_ANSWER_BYTES)
-            except (requests.RequestException, transport.BodyError, _OutOfTime) as exc:
-                message = self._failure_message(exc)
-                if method == "POST" and not _never_connected(exc):
-                    # The create may have reached the server; it is never sent twice.
-                    message += "; a job may have been created all the same (never sent twice)"
-                raise APIConnectionError(message, job_id=job_id) from None
-        return _parse_json(response, data, job_id=job_id)
-
-    def _failure_message(self, exc: Exception) -> str:
-        """What went wrong with a request that got no usable answer, in one line."""
-        if isinstance(exc, _OutOfTime):
-            return f"no time was left to send a request to {self.base_url}"
-        if isinstance(exc, transport.BodyError) and exc.kind == "deadline":
-            return f"{self.base_url} did not send a whole answer in time"
-        if isinstance(exc, transport.BodyError) and exc.kind == "too_large":
-            return f"{self.base_url} sent an answer over {transport.MAX_ANSWER_BYTES:,} bytes"
-        if _is_read_timeout(exc):
-            return f"{self.base_url} did not answer within {self._timing.read:g}s"
-        if isinstance(exc, requests.ConnectionError) and _never_connected(exc):
-            return f"could not reach {self.base_url}: {_reason(exc)}"
-        return f"request to {self.base_url} failed: {_reason(exc)}"
+        """The one choke point for API calls: a JSON object, or one typed error."""
+        return transport.request_json(
+            self._session,
+            method,
+            url,
+            server=self.base_url,
+            timing=self._timing.as_tuple(),
+            job_id=job_id,
+            **kwargs,
+        )
 
     def _fetch(self, url: str, *, job_id: str) -> bytes:
-        """Stream a result image with a size cap; the session keeps the key on its origin."""
-        with transport.deadline(time.monotonic() + transport.DOWNLOAD_DEADLINE_S):
-            try:
-                transport.refuse_link_local(url)
-                if transport.time_left() <= 0:
-                    raise _OutOfTime()
-                with self._session.get(
-                    url,
-                    timeout=transport.timeouts(*self._timing.as_tuple()),
-                    stream=True,
-                    allow_redirects=True,
-                    headers={"Accept": "image/*"},
-                ) as response:
-                    if response.status_code >= 400:
-                        raise DownloadError(
-                            f"result download answered {response.status_code}",
-                            status_code=response.status_code,
-                            job_id=job_id,
-                        )
-                    return self._read_image(response, job_id=job_id)
-            except transport.LinkLocalAddressError as exc:
-                raise DownloadError(str(exc), status_code=200, job_id=job_id) from None
-            except (requests.RequestException, _OutOfTime) as exc:
-                reason = "out of time" if isinstance(exc, _OutOfTime) else _reason(exc)
-                raise DownloadError(
-                    f"result download failed: {reason}", status_code=0, job_id=job_id
-                ) from None
-
-    def _read_image(self, response: requests.Response, *, job_id: str) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        expected = int(declared) if _DIGITS.fullmatch(declared) else None
-        if expected is not None and expected > self.max_download_bytes:
-            raise DownloadError(
-                f"result is {expected:,} bytes, over the {self.max_download_bytes:,}-byte cap",
-                status_code=response.status_code,
-                job_id=job_id,
-            )
-        try:
-            data = transport.read_body(response, limit=self.max_download_bytes)
-        except transport.BodyError as exc:
-            message = {
-                "deadline": "result download did not finish in time",
-                "too_large": f"result exceeds the {self.max_download_bytes:,}-byte cap",
-            }.get(exc.kind, f"result download failed: {_reason(exc)}")
-            code = response.status_code if exc.kind == "too_large" else 0
-            raise DownloadError(message, status_code=code, job_id=job_id) from None
-        encoded = response.headers.get("Content-Encoding", "identity").lower()
-        if expected is not None and encoded == "identity" and len(data) != expected:
-            raise DownloadError(
-                f"result download was cut short: {len(data):,} of {expected:,} bytes",
-                status_code=response.status_code,
-                job_id=job_id,
-            )
-        return data
+        """A result image's bytes, size-capped; the session keeps the key on its origin."""
+        return transport.fetch_bytes(
+            self._session,
+            url,
+            timing=self._timing.as_tuple(),
+            max_bytes=self.max_download_bytes,
+            job_id=job_id,
+        )
 
 
-class _OutOfTime(Exception):
-    """The deadline passed before a request could be sent."""
-
-
-#: A Content-Length as HTTP writes it (``str.isdigit`` also accepts "²", which int() refuses).
+#: A whole number as ASCII digits (``str.isdigit`` also accepts "²", which int() refuses).
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -714,98 +631,6 @@ def _check_timeout(timeout: object) -> float:
             f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout"
         )
     return float(timeout)
-
-
-def _is_read_timeout(exc: BaseException) -> bool:
-    """requests reports an exhausted urllib3 read timeout as a ConnectionError; find it."""
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the errors nested in it (args, ``reason``, cause), outermost first."""
-    chain = [exc]
-    while True:
-        inner = chain[-1]
-        nested = [arg for arg in inner.args if isinstance(arg, BaseException)]
-        reason = getattr(inner, "reason", None)
-        following = (
-            nested[-1]
-            if nested
-            else reason
-            if isinstance(reason, BaseException)
-            else inner.__cause__ or inner.__context__
-        )
-        if following is None or any(following is seen for seen in chain):
-            return chain
-        chain.append(following)
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True when the connection never opened, so the server certainly saw no request."""
-    unsent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
-    return isinstance(exc, (requests.ConnectTimeout, _OutOfTime)) or any(
-        isinstance(inner, unsent) for inner in _chain(exc)
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    """A short cause for a transport error: its innermost error, e.g. "Connection refused".
-
-    requests and urllib3 nest errors three deep and repeat each one's repr in the next one's
-    message; only the innermost says what happened, without URLs or object addresses.
-    """
-    inner = _chain(exc)[-1]
-    if isinstance(inner, OSError) and inner.strerror:
-        text = inner.strerror
-    else:
-        text = str(inner) or type(inner).__name__
-        text = text.rsplit(": ", 1)[-1] if "object at 0x" in text else text
-    return body_excerpt(text, limit=160) or type(exc).__name__
-
-
-def _parse_json(response: requests.Response, data: bytes, *, job_id: str | None) -> dict[str, Any]:
-    """The JSON object of an API answer (``data``: its whole body), or the typed error it means."""
-    status = response.status_code
-    try:
-        body: Any = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-        body = None
-    message = (
-        message_from_body(body)
-        or body_excerpt(data.decode("utf-8", errors="replace"))
-        or server_text(response.reason or "")
-        or "no details"
-    )
-    if status in (401, 403):
-        raise AuthenticationError(
-            f"the API refused the key ({status}): {message}", status_code=status, job_id=job_id
-        )
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
-        raise RateLimitError(
-            f"rate limited by the API{hint}: {message}", retry_after=retry_after, job_id=job_id
-        )
-    if status in (400, 422):
-        raise InvalidRequestError(
-            f"the API rejected the request ({status}): {message}",
-            status_code=status,
-            job_id=job_id,
-        )
-    if status >= 300:
-        raise APIError(f"the API answered {status}: {message}", status_code=status, job_id=job_id)
-    if not isinstance(body, dict):
-        raise APIError(
-            f"the API answered {status} with a body that is not a JSON object: {message}",
-            status_code=status,
-            job_id=job_id,
-        )
-    if body.get("success") is False:
-        raise APIError(f"the API reported failure: {message}", status_code=status, job_id=job_id)
-    return body
 
 
 def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[str, str | None]:

@@ -1,4 +1,5 @@
-"""HTTP transport: the session, retries, deadlines, size caps and the origin-scoped key.
+"""HTTP transport: the session, retries, deadlines, size caps, the origin-scoped key, and the
+typed error every HTTP failure ends in.
 
 Every request runs under a wall-clock deadline (:func:`deadline`) that covers connecting,
 urllib3's own retries and their sleeps, and the whole body: a server that drips one byte at a
@@ -6,12 +7,15 @@ time never trips a per-read timeout, so bodies are read in a loop that checks th
 watchdog shuts the socket down at the deadline. Bodies are counted after decompression and
 capped, so a small gzip answer cannot inflate into gigabytes. Result URLs that point at
 link-local addresses (where cloud metadata services answer) are refused, also after a redirect.
+:func:`request_json` (API calls) and :func:`fetch_bytes` (result downloads) turn every failure
+into one error from ``errors.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import math
 import re
 import socket
@@ -29,6 +33,17 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from . import config
+from .errors import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    DownloadError,
+    InvalidRequestError,
+    RateLimitError,
+    body_excerpt,
+    message_from_body,
+    server_text,
+)
 from .polling import parse_retry_after
 
 #: Longest a whole API request (connect, retries, answer) may take when no job deadline is nearer.
@@ -323,3 +338,227 @@ def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 def strip_userinfo(url: str) -> str:
     """``url`` without a ``user:password@`` part (kept out of the history and image metadata)."""
     return _USERINFO.sub(r"\1\2", url, count=1)
+
+
+# -- requests and the errors they end in ------------------------------------------------------
+
+
+class OutOfTime(Exception):
+    """The deadline passed before a request could be sent."""
+
+
+#: A Content-Length as HTTP writes it (``str.isdigit`` also accepts "²", which int() refuses).
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
+def request_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    server: str,
+    timing: tuple[float, float],
+    job_id: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Send one API request under the deadline: its JSON object, or the typed error it means.
+
+    ``server`` names the API in messages; ``timing`` is the (connect, read) timeout of each
+    attempt, never longer than the time left.
+    """
+    with deadline(time.monotonic() + REQUEST_DEADLINE_S):
+        try:
+            if time_left() <= 0:
+                raise OutOfTime()
+            with session.request(
+                method,
+                url,
+                timeout=timeouts(*timing),
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            ) as response:
+                data = read_body(response, limit=MAX_ANSWER_BYTES)
+        except (requests.RequestException, BodyError, OutOfTime) as exc:
+            message = _failure_message(exc, server, timing[1])
+            if method == "POST" and not never_connected(exc):
+                # The create may have reached the server; it is never sent twice.
+                message += "; a job may have been created all the same (never sent twice)"
+            raise APIConnectionError(message, job_id=job_id) from None
+    return parse_answer(response, data, job_id=job_id)
+
+
+def _failure_message(exc: Exception, server: str, read_timeout: float) -> str:
+    """What went wrong with a request that got no usable answer, in one line."""
+    if isinstance(exc, OutOfTime):
+        return f"no time was left to send a request to {server}"
+    if isinstance(exc, BodyError) and exc.kind == "deadline":
+        return f"{server} did not send a whole answer in time"
+    if isinstance(exc, BodyError) and exc.kind == "too_large":
+        return f"{server} sent an answer over {MAX_ANSWER_BYTES:,} bytes"
+    if is_read_timeout(exc):
+        return f"{server} did not answer within {read_timeout:g}s"
+    if isinstance(exc, requests.ConnectionError) and never_connected(exc):
+        return f"could not reach {server}: {short_cause(exc)}"
+    return f"request to {server} failed: {short_cause(exc)}"
+
+
+def fetch_bytes(
+    session: requests.Session,
+    url: str,
+    *,
+    timing: tuple[float, float],
+    max_bytes: int,
+    job_id: str,
+) -> bytes:
+    """Download a result under the deadline and ``max_bytes``; failures are ``DownloadError``.
+
+    Redirects are followed (never to a link-local address); a body that is cut short, too
+    large or late is an error, never half an image.
+    """
+    with deadline(time.monotonic() + DOWNLOAD_DEADLINE_S):
+        try:
+            refuse_link_local(url)
+            if time_left() <= 0:
+                raise OutOfTime()
+            with session.get(
+                url,
+                timeout=timeouts(*timing),
+                stream=True,
+                allow_redirects=True,
+                headers={"Accept": "image/*"},
+            ) as response:
+                if response.status_code >= 400:
+                    raise DownloadError(
+                        f"result download answered {response.status_code}",
+                        status_code=response.status_code,
+                        job_id=job_id,
+                    )
+                return _read_download(response, max_bytes=max_bytes, job_id=job_id)
+        except LinkLocalAddressError as exc:
+            raise DownloadError(str(exc), status_code=200, job_id=job_id) from None
+        except (requests.RequestException, OutOfTime) as exc:
+            cause = "out of time" if isinstance(exc, OutOfTime) else short_cause(exc)
+            raise DownloadError(
+                f"result download failed: {cause}", status_code=0, job_id=job_id
+            ) from None
+
+
+def _read_download(response: requests.Response, *, max_bytes: int, job_id: str) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    expected = int(declared) if _CONTENT_LENGTH.fullmatch(declared) else None
+    if expected is not None and expected > max_bytes:
+        raise DownloadError(
+            f"result is {expected:,} bytes, over the {max_bytes:,}-byte cap",
+            status_code=response.status_code,
+            job_id=job_id,
+        )
+    try:
+        data = read_body(response, limit=max_bytes)
+    except BodyError as exc:
+        message = {
+            "deadline": "result download did not finish in time",
+            "too_large": f"result exceeds the {max_bytes:,}-byte cap",
+        }.get(exc.kind, f"result download failed: {short_cause(exc)}")
+        code = response.status_code if exc.kind == "too_large" else 0
+        raise DownloadError(message, status_code=code, job_id=job_id) from None
+    encoded = response.headers.get("Content-Encoding", "identity").lower()
+    if expected is not None and encoded == "identity" and len(data) != expected:
+        raise DownloadError(
+            f"result download was cut short: {len(data):,} of {expected:,} bytes",
+            status_code=response.status_code,
+            job_id=job_id,
+        )
+    return data
+
+
+def is_read_timeout(exc: BaseException) -> bool:
+    """requests reports an exhausted urllib3 read timeout as a ConnectionError; find it."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors nested in it (args, ``reason``, cause), outermost first."""
+    chain = [exc]
+    while True:
+        inner = chain[-1]
+        nested = [arg for arg in inner.args if isinstance(arg, BaseException)]
+        reason = getattr(inner, "reason", None)
+        following = (
+            nested[-1]
+            if nested
+            else reason
+            if isinstance(reason, BaseException)
+            else inner.__cause__ or inner.__context__
+        )
+        if following is None or any(following is seen for seen in chain):
+            return chain
+        chain.append(following)
+
+
+def never_connected(exc: BaseException) -> bool:
+    """True when the connection never opened, so the server certainly saw no request."""
+    unsent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return isinstance(exc, (requests.ConnectTimeout, OutOfTime)) or any(
+        isinstance(inner, unsent) for inner in error_chain(exc)
+    )
+
+
+def short_cause(exc: BaseException) -> str:
+    """A short cause for a transport error: its innermost error, e.g. "Connection refused".
+
+    requests and urllib3 nest errors three deep and repeat each one's repr in the next one's
+    message; only the innermost says what happened, without URLs or object addresses.
+    """
+    inner = error_chain(exc)[-1]
+    if isinstance(inner, OSError) and inner.strerror:
+        text = inner.strerror
+    else:
+        text = str(inner) or type(inner).__name__
+        text = text.rsplit(": ", 1)[-1] if "object at 0x" in text else text
+    return body_excerpt(text, limit=160) or type(exc).__name__
+
+
+def parse_answer(response: requests.Response, data: bytes, *, job_id: str | None) -> dict[str, Any]:
+    """The JSON object of an API answer (``data``: its whole body), or the typed error it means."""
+    status = response.status_code
+    try:
+        body: Any = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        body = None
+    message = (
+        message_from_body(body)
+        or body_excerpt(data.decode("utf-8", errors="replace"))
+        or server_text(response.reason or "")
+        or "no details"
+    )
+    if status in (401, 403):
+        raise AuthenticationError(
+            f"the API refused the key ({status}): {message}", status_code=status, job_id=job_id
+        )
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
+        raise RateLimitError(
+            f"rate limited by the API{hint}: {message}", retry_after=retry_after, job_id=job_id
+        )
+    if status in (400, 422):
+        raise InvalidRequestError(
+            f"the API rejected the request ({status}): {message}",
+            status_code=status,
+            job_id=job_id,
+        )
+    if status >= 300:
+        raise APIError(f"the API answered {status}: {message}", status_code=status, job_id=job_id)
+    if not isinstance(body, dict):
+        raise APIError(
+            f"the API answered {status} with a body that is not a JSON object: {message}",
+            status_code=status,
+            job_id=job_id,
+        )
+    if body.get("success") is False:
+        raise APIError(f"the API reported failure: {message}", status_code=status, job_id=job_id)
+    return body

@@ -264,7 +264,8 @@ def read_body(response: requests.Response, *, limit: int) -> bytes:
     """
     raw = response.raw
     left = time_left()
-    watchdog = threading.Timer(max(left, 0.0), _shut_down, (raw,))
+    fired = threading.Event()
+    watchdog = threading.Timer(max(left, 0.0), _shut_down, (raw, fired))
     watchdog.daemon = True
     if math.isfinite(left):
         watchdog.start()
@@ -282,20 +283,21 @@ def read_body(response: requests.Response, *, limit: int) -> bytes:
                 raise BodyError("too_large", f"the answer is over the {limit:,}-byte cap")
             chunks.append(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        if time_left() <= 0:
+        if fired.is_set() or time_left() <= 0:
             raise BodyError(
                 "deadline", "the answer did not arrive whole before the deadline"
             ) from None
         raise BodyError("broken", type(exc).__name__) from exc
     finally:
         watchdog.cancel()
-    if time_left() <= 0:
-        # The watchdog cut the connection: what arrived is not the whole body.
+    if fired.is_set():
+        # The watchdog cut the connection: what arrived may not be the whole body.
         raise BodyError("deadline", "the answer did not arrive whole before the deadline")
     return b"".join(chunks)
 
 
-def _shut_down(raw: urllib3.response.HTTPResponse) -> None:
+def _shut_down(raw: urllib3.response.HTTPResponse, fired: threading.Event) -> None:
+    fired.set()
     # Already closed or released to the pool: then nothing is blocked on it.
     with contextlib.suppress(OSError, ValueError, RuntimeError):
         raw.shutdown()

@@ -71,7 +71,7 @@ def test_login_keeps_the_key_for_the_session_only(
     assert emulator.requests[0].headers["X-API-Key"] == emulator.api_key
     assert "%miragic login" in run("%miragic config").io.stdout
     run("%miragic logout")
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
 
 
 def test_login_with_nothing_typed_changes_nothing(
@@ -80,7 +80,7 @@ def test_login_with_nothing_typed_changes_nothing(
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": "  ")
     cell = run("%miragic login")
     assert isinstance(cell.error, UsageError)
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
 
 
 def test_resume_needs_a_job_id(run: Runner, api: Emulator) -> None:

@@ -184,7 +184,7 @@ def test_key_is_not_in_a_traceback_interrupted_mid_request(client: Client, keyed
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt) as info:
-            client.run(GenerationRequest("interrupted"))
+            client.generate(GenerationRequest("interrupted"))
     finally:
         timer.cancel()
         keyed.faults.reset()

@@ -3,6 +3,7 @@ between processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -444,7 +445,7 @@ def test_reuse_hits_an_exact_match_and_marks_the_image_reused(store: History) ->
     saved = complete(store, "job-reuse", REUSE_REQUEST, original)
     assert saved.reuse_key == reuse_key(REUSE_REQUEST, base_url=BASE)
 
-    same = GenerationRequest(**REUSE_REQUEST.as_dict())
+    same = GenerationRequest(**dataclasses.asdict(REUSE_REQUEST))
     assert reused_job(store, same) == saved.job_id
     assert reused_job(store, same, BASE + "/") == saved.job_id  # same server
     image = store.reuse(same, base_url=BASE)

@@ -466,8 +466,8 @@ class Miragic(Magics, Configurable):
             if handle.future is not None and handle.future.done():
                 settled.add(id(slot))
                 self._settle(slot, handle)
-            elif handle.job is not None:
-                slot.progress.update(handle.job)
+            else:
+                slot.progress.set_state(handle.state, percent=handle.progress, job_id=handle.id)
 
     def _settle(self, slot: _Slot, handle: JobHandle) -> None:
         if handle.result is None:

@@ -575,7 +575,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         if status is None or not job.is_active:
             return
         created = job.progress.job_id is None
-        job.progress.update(status)
+        job.progress.set_state(job.state, percent=job.handle.progress, job_id=job.job_id)
         if created:
             self._show_status(
                 _MUTED_STYLE, f"Job {html.escape(status.id)} created; waiting for the result…"

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -635,7 +635,18 @@ class Miragic(Magics, Configurable):
             print(f"{name:<{widths[0]}}  {value:<{widths[1]}}  ({source})")
 
     def _login(self) -> None:
-        key = getpass.getpass("Miragic API key (kept for this session only): ")
+        try:
+            key = getpass.getpass("Miragic API key (kept for this session only): ")
+        except (StdinNotImplementedError, EOFError):
+            # papermill, nbclient, Voilà: no one can type a key; fail now instead of waiting.
+            # Not a UsageError: runners report only an error's name and value, not stderr.
+            raise self._shorten(
+                MissingAPIKeyError(
+                    "%miragic login: this frontend cannot ask for input; set MIRAGIC_API_KEY "
+                    "in the kernel's environment instead",
+                    field="api_key",
+                )
+            ) from None
         if not key.strip():
             raise UsageError("%miragic login: no key entered; nothing changed")
         builtin.set_session_key(key)

@@ -276,7 +276,7 @@ class Miragic(Magics, Configurable):
 
         The cell's value is a PIL image (a list of them with --n or a model list).
         Line form: %miragic models | config | login | logout | resume JOB_ID [-o NAME] |
-        panel | emulator start|stop|status | history [N] | help
+        panel | emulator start|stop|status | history [N | --notebook PATH] | help
         """
         try:
             if cell is None:
@@ -592,7 +592,7 @@ class Miragic(Magics, Configurable):
             "    --[no-]enhance --[no-]safe --[no-]private --[no-]nologo\n"
             "    --timeout SECONDS, --fresh (never reuse), -o/--out NAME\n"
             "%miragic models | config | login | logout | resume JOB_ID [-o NAME] | panel\n"
-            "%miragic emulator start|stop|status | history [N] | help\n"
+            "%miragic emulator start|stop|status | history [N | --notebook PATH] | help\n"
             "Defaults: %config Miragic (e.g. %config Miragic.model = 'turbo').\n"
             "Full usage: %%miragic?"
         )
@@ -723,8 +723,19 @@ class Miragic(Magics, Configurable):
             raise UsageError("%miragic emulator start|stop|status")
 
     def _show_history(self, words: list[str]) -> None:
+        if len(words) == 2 and words[0] == "--notebook":
+            from .provenance import report
+
+            try:
+                print("\n".join(report(os.path.expanduser(words[1]), self._history())))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"%miragic history --notebook: {exc}") from None
+            return
         if len(words) > 1 or (words and not words[0].isdigit()):
-            raise UsageError("%miragic history [N]  (N: how many recent jobs, default 10)")
+            raise UsageError(
+                "%miragic history [N] | --notebook PATH  (N: how many recent jobs, default 10; "
+                "PATH: list the jobs whose images a notebook shows)"
+            )
         limit = int(words[0]) if words else 10
         records = self._history().records(limit)
         if not records:

@@ -78,6 +78,12 @@ def test_a_parameterised_notebook_runs_and_shows_the_image(tmp_path: Path) -> No
     picture = Image.open(io.BytesIO(base64.b64decode(images[0]["data"]["image/jpeg"])))
     assert picture.size == (256, 256)
     assert "seed 11" in images[0]["data"]["text/plain"]
+    made = images[0]["metadata"]["miragic"]
+    assert (made["prompt"], made["seed"], made["emulator"]) == (
+        "a papermill lighthouse, watercolour",
+        11,
+        True,
+    )
     printed = executed.cells[-1].outputs[0]["text"]
     assert printed == "a papermill lighthouse, watercolour (256, 256)\n"
 

@@ -113,6 +113,18 @@ def test_every_picture_in_the_saved_notebook_says_how_it_was_made(
     assert panel[0]["prompt"] == "the panel harbour"
     assert len(emulator.jobs) == 1 + 2 + 2 + 1  # the reused result made no job
 
+    # The panel's own pictures (result and gallery thumbnail) live in the saved widget state.
+    state = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    widget_pictures = [
+        model["state"]
+        for model in state.values()
+        if model["model_name"] == "ImageModel"
+        and any(b["path"] == ["value"] and b["data"] for b in model.get("buffers", []))
+    ]
+    assert len(widget_pictures) == 2
+    for picture in widget_pictures:
+        assert picture["miragic"] == panel[0]
+
 
 def test_history_notebook_lists_its_jobs_and_whether_the_store_has_them(
     executed: tuple[Path, Emulator], run: Runner, tmp_path: Path

@@ -28,6 +28,10 @@ DEFAULT_PORT = 8866
 DEFAULT_HOST = "127.0.0.1"
 #: The notebook's name is the page's title.
 NOTEBOOK_NAME = "Miragic.ipynb"
+#: The panel's emulator notice, for a page: there is no ``%miragic login`` in it.
+APP_EMULATOR_NOTICE = (
+    "offline emulator — placeholder images; start the app with MIRAGIC_API_KEY set to use Miragic"
+)
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -55,8 +59,11 @@ def panel_source(save_dir: Path) -> str:
     return (
         "import os\n"
         f"os.chdir({str(save_dir)!r})\n"
-        "from miragic_nb.panel import Panel\n"
+        "from miragic_nb.panel import EMULATOR_NOTICE, Panel\n"
         "panel = Panel()\n"
+        "# A page visitor cannot run %miragic login: say what the person starting it can do.\n"
+        f"notice = {APP_EMULATOR_NOTICE!r}\n"
+        "panel.header.value = panel.header.value.replace(EMULATOR_NOTICE, notice)\n"
         "# Saved files go to the folder chosen when the app was started, nowhere else.\n"
         "panel.save_path.disabled = True\n"
         "panel.save_path.placeholder = 'saved in the folder the app was started with'\n"

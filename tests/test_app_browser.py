@@ -179,7 +179,9 @@ def test_the_app_works_on_the_builtin_emulator_with_no_key(browser: Any, tmp_pat
         assert meta["prompt"] == "A lighthouse on a cliff at dusk"
         # The built-in emulator's key (random, "builtin-...") never reaches the page.
         assert re.search(r"builtin-[A-Za-z0-9_-]{20}", html) is None
-        assert "emulator" in html  # the panel says the images are placeholders
+        # The panel says the images are placeholders, and what to do instead (not a magic).
+        assert "start the app with MIRAGIC_API_KEY set to use Miragic" in html
+        assert "%miragic login" not in html
 
     with Image.open(shot) as screenshot:
         assert screenshot.size == (1000, 1000)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from miragic_nb.emulator import Emulator
 from miragic_nb.history import read_embedded_metadata
-from tests.browser_support import _stop, free_port, launch_chromium, wait_for
+from tests.browser_support import _stop, free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -97,18 +97,6 @@ def app_environment(home: Path, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def generate_and_save(browser: Any, app: RunningApp, prompt: str, shot: Path) -> str:

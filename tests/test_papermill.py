@@ -2,13 +2,16 @@
 
 Each notebook is written by the test, then run by ``papermill.execute_notebook`` in a real
 ``python3`` kernel. There is no ``MIRAGIC_API_KEY`` (the autouse fixture removes it), so the
-kernel uses the built-in emulator, as a CI job without secrets would.
+kernel uses the built-in emulator, as a CI job without secrets would. The last test runs
+IPython with no terminal and a closed stdin (a script in cron or CI).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,23 @@ def test_login_without_stdin_fails_at_once_with_one_line(tmp_path: Path) -> None
     assert "Traceback" not in shown
     assert "StdinNotImplementedError" not in shown
     assert len([line for line in shown.splitlines() if line.strip()]) == 1
+
+
+def test_login_with_a_closed_stdin_and_no_terminal_fails_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "login.ipy"
+    script.write_text("%load_ext miragic_nb\n%miragic login\nprint('after')\n", encoding="utf-8")
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", "--colors=NoColor", str(script)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # no controlling terminal: getpass falls back to stdin
+        timeout=CELL_TIMEOUT_S,
+        check=False,
+    )
+
+    shown = finished.stdout + finished.stderr
+    assert "set MIRAGIC_API_KEY in the kernel's environment" in shown
+    assert "EOFError" not in shown
+    assert "after" not in finished.stdout  # the script stopped at the failing line

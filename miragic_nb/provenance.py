@@ -13,7 +13,8 @@ one); ``image_url`` is the input image sent to ``kontext``, else None; ``emulato
 placeholder images from the built-in emulator. The API key and the (possibly signed, always
 temporary) result URL are never included.
 
-:func:`jobs_in_notebook` reads these back from a saved ``.ipynb``, for
+:func:`jobs_in_notebook` reads these back from a saved ``.ipynb`` (and the same description
+that the panel's pictures carry in the saved widget state, see ``described_image.py``), for
 ``%miragic history --notebook PATH``.
 """
 
@@ -43,11 +44,18 @@ def provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
     return described
 
 
+#: Where a saved notebook keeps its widgets (the panel's pictures among them).
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
 @dataclass(frozen=True)
 class NotebookJob:
-    """One image found in a notebook's outputs: which code cell shows it and how it was made."""
+    """One image found in a notebook: which code cell shows it and how it was made.
 
-    cell: int
+    ``cell`` is None for a picture of a panel, found in the saved widget state.
+    """
+
+    cell: int | None
     provenance: dict[str, Any]
 
     @property
@@ -57,9 +65,9 @@ class NotebookJob:
 
 
 def jobs_in_notebook(path: str | os.PathLike[str]) -> list[NotebookJob]:
-    """Every image output with our metadata in the ``.ipynb`` at ``path``, in notebook order.
-
-    ``cell`` counts code cells from 1. Raises ``OSError`` or ``ValueError`` (not a notebook).
+    """Every image with our metadata in the ``.ipynb`` at ``path``: outputs in notebook order
+    (``cell`` counts code cells from 1), then the panels' jobs from the widget state (once
+    per job: a result and its thumbnail are one job). Raises ``OSError`` or ``ValueError``.
     """
     text = Path(path).read_text(encoding="utf-8")
     try:
@@ -70,11 +78,25 @@ def jobs_in_notebook(path: str | os.PathLike[str]) -> list[NotebookJob]:
     if not isinstance(cells, list):
         raise ValueError(f"{os.fspath(path)} is not a notebook (no cells)")
     code_cells = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
-    return [
+    in_outputs = [
         NotebookJob(number, described)
         for number, cell in enumerate(code_cells, start=1)
         for described in _described_images(cell.get("outputs"))
     ]
+    return in_outputs + _panel_jobs(notebook.get("metadata"))
+
+
+def _panel_jobs(metadata: object) -> list[NotebookJob]:
+    widgets = metadata.get("widgets") if isinstance(metadata, dict) else None
+    saved = widgets.get(WIDGET_STATE) if isinstance(widgets, dict) else None
+    models = saved.get("state") if isinstance(saved, dict) else None
+    by_job: dict[str, NotebookJob] = {}
+    for model in models.values() if isinstance(models, dict) else []:
+        state = model.get("state") if isinstance(model, dict) else None
+        described = state.get(METADATA_KEY) if isinstance(state, dict) else None
+        if isinstance(described, dict) and described.get("job_id"):
+            by_job.setdefault(str(described["job_id"]), NotebookJob(None, described))
+    return list(by_job.values())
 
 
 def _described_images(outputs: object) -> Iterator[dict[str, Any]]:
@@ -104,8 +126,9 @@ def report(path: str | os.PathLike[str], history: History) -> list[str]:
         where = f"in the history ({record.status})" if record is not None else "not in the history"
         seed = "random seed" if meta.get("seed") is None else f"seed {meta['seed']}"
         extra = " · emulator" if meta.get("emulator") else ""
+        shown_in = "panel" if item.cell is None else f"cell {item.cell}"
         lines.append(
-            f"cell {item.cell}  job {item.job_id or '?'}  {meta.get('model') or '?'} "
+            f"{shown_in}  job {item.job_id or '?'}  {meta.get('model') or '?'} "
             f"{meta.get('width')}×{meta.get('height')} {seed}{extra}  {where}  "
             f"{json.dumps(str(meta.get('prompt') or ''), ensure_ascii=False)[:80]}"
         )

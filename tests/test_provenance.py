@@ -134,9 +134,12 @@ def test_history_notebook_lists_its_jobs_and_whether_the_store_has_them(
     listed = run(f"%miragic history --notebook {path}")
     assert listed.error is None
     lines = listed.io.stdout.splitlines()
-    assert lines[0].startswith(f"8 images in {path}; 8 of them in the history at ")
-    assert len(lines) == 9
+    # 8 image outputs, and the panel's job once more from the widget state.
+    assert lines[0].startswith(f"9 images in {path}; 9 of them in the history at ")
+    assert len(lines) == 10
     assert all("in the history (COMPLETED)" in line for line in lines[1:])
+    assert lines[-1].startswith("panel  job ")
+    assert '"the panel harbour"' in lines[-1]
     assert {job_id for job_id in emulator.jobs if any(job_id in line for line in lines)} == set(
         emulator.jobs
     )

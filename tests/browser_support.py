@@ -1,7 +1,11 @@
 """Helpers for the browser tests: a Jupyter server on loopback and headless Chromium.
 
-See /work/shared/docs/browser-testing.md for the facts these rely on (Debian's Chromium at
-``/usr/bin/chromium``, the launch flags, ``--allow-root``, polling ``/api/status``).
+Facts these rely on, checked on the CI machines: a browser downloaded by a test tool cannot run
+there, so Playwright drives Debian's Chromium (``/usr/bin/chromium``). With no network, Chromium
+needs ``--disable-background-networking --disable-component-update --disable-sync`` to stay
+quiet, and as root ``--no-sandbox``; ``jupyter lab`` as root needs ``--allow-root``. The server is
+ready when ``/api/status?token=...`` answers (poll it rather than sleeping), and a notebook opens
+without a kernel dialog only when it names its kernelspec.
 """
 
 from __future__ import annotations

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pytest
-from ipywidgets.widgets.widget import _instances
+
+try:
+    from ipywidgets.widgets.widget import _instances
+except ImportError:  # ipywidgets 8.0 keeps the live widgets on the class
+    from ipywidgets import Widget
+
+    _instances = Widget._active_widgets
 
 from miragic_nb import Client
 from miragic_nb.emulator import Emulator

@@ -1,4 +1,4 @@
-"""Job: tolerant reading of the API's job record (contract decision 4 and 5)."""
+"""Job: tolerant reading of the API's job record (docs/api-contract.md, D4 and D5)."""
 
 from __future__ import annotations
 

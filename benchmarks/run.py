@@ -23,6 +23,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         download_decode,
         import_cost,
         polling_latency,
+        store,
         throughput,
     )
 
@@ -33,6 +34,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         "import": import_cost.run,
         "download": download_decode.run,
         "throughput": throughput.run,
+        "store": store.run,
     }
 
 

@@ -93,11 +93,11 @@ class EmulatorClient(Client):
 def set_session_key(key: str) -> None:
     """Use ``key`` for this process (``%miragic login``); it wins over ``MIRAGIC_API_KEY``."""
     global _session_key, _prefer_emulator
-    key = key.strip()
-    if not key:
+    checked = config.check_api_key(key, source="the API key")
+    if checked is None:
         raise MissingAPIKeyError("the API key is empty; nothing was changed", field="api_key")
     with _lock:
-        _session_key = config.Secret(key)
+        _session_key = config.Secret(checked)
         _prefer_emulator = False
 
 
@@ -246,8 +246,9 @@ def key_source() -> str | None:
 
 
 def _pick_key(explicit: str | None) -> tuple[config.Secret | None, str | None]:
-    if explicit is not None and explicit.strip():
-        return config.Secret(explicit.strip()), "argument"
+    checked = config.check_api_key(explicit)
+    if checked is not None:
+        return config.Secret(checked), "argument"
     if _session_key is not None:
         return _session_key, "%miragic login (this session)"
     env_key = config.api_key_from_env(None)

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
 from .images import MAX_PIXELS, GeneratedImage
+from .interrupts import deferred_interrupt
 from .jobs import Job
 from .polling import (
     DurationLearner,
@@ -118,8 +119,8 @@ def _create_retry() -> Retry:
     )
 
 
-class _HeaderSecret(str):
-    """The key as a header value: sent as itself, shown masked in reprs.
+class _HeaderSecret(str, config.ImmutableKey):
+    """The key as a header value: sent as itself, shown masked in reprs, never pickled.
 
     urllib3's and http.client's frames hold the headers dict while a request is on the wire;
     a traceback that captures locals (a Ctrl-C in IPython's verbose mode) prints it.
@@ -174,7 +175,7 @@ class _Timing:
         return (self.connect, self.read)
 
 
-class Client:
+class Client(config.HoldsKey):
     """A client for the Miragic image API.
 
     ``api_key`` defaults to ``MIRAGIC_API_KEY``; ``base_url`` to ``MIRAGIC_BASE_URL``, else
@@ -428,17 +429,18 @@ class Client:
             kind = (params["model"], int(width), int(height))
             self.durations.observe(*kind, seconds, progress=progress)
 
-    def download(self, job: Job) -> tuple[bytes, Job]:
+    def download(self, job: Job, *, cancel: threading.Event | None = None) -> tuple[bytes, Job]:
         """Fetch a completed job's image bytes; returns them with the job they came from.
 
         A 403/404 on the result URL (signed URLs expire) re-reads the job once for a fresh URL.
+        ``cancel``, when set, stops retrying a failed download.
         """
         if not job.result_url:
             raise DownloadError(
                 "the completed job has no result URL", status_code=200, job_id=job.id
             )
         try:
-            return self._fetch_with_retries(job.result_url, job_id=job.id), job
+            return self._fetch_with_retries(job.result_url, job_id=job.id, cancel=cancel), job
         except DownloadError as exc:
             if exc.status_code not in (403, 404, 410):
                 raise
@@ -448,9 +450,11 @@ class Client:
             raise DownloadError(
                 "the job has no result URL any more", status_code=200, job_id=job.id
             )
-        return self._fetch_with_retries(fresh.result_url, job_id=job.id), fresh
+        return self._fetch_with_retries(fresh.result_url, job_id=job.id, cancel=cancel), fresh
 
-    def _fetch_with_retries(self, url: str, *, job_id: str) -> bytes:
+    def _fetch_with_retries(
+        self, url: str, *, job_id: str, cancel: threading.Event | None = None
+    ) -> bytes:
         # urllib3 retries a GET only until the headers arrive; a body cut mid-way, or a 500
         # from the file server, is retried here (the download is idempotent and the job is
         # already paid for).
@@ -465,7 +469,8 @@ class Client:
                 if not transient or attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise
                 log.info("download of job %s failed (%s); retrying", job_id, exc)
-                time.sleep(0.25 * 2**attempt)
+                if (cancel or threading.Event()).wait(0.25 * 2**attempt):
+                    raise  # cancelled (Ctrl-C, Cancel): no further request
         raise AssertionError("unreachable")
 
     def generate(
@@ -525,8 +530,9 @@ class Client:
             if saved is not None:
                 log.info("reused job %s from history", saved.metadata.get("job_id"))
                 return saved
-        job = self.submit(request)
-        self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
+        with deferred_interrupt():  # a Ctrl-C now would lose the id of a job already paid for
+            job = self.submit(request)
+            self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
         if on_created is not None:
             on_created(job)
         try:
@@ -563,7 +569,7 @@ class Client:
         job_id = job.id if isinstance(job, Job) else _check_job_id(job)
         try:
             done = self.wait(job, timeout=timeout, on_progress=on_progress, cancel=cancel)
-            data, done = self.download(done)
+            data, done = self.download(done, cancel=cancel)
             metadata = self._metadata(done, request, elapsed=time.monotonic() - started)
             image = GeneratedImage.from_bytes(data, metadata, max_pixels=self.max_pixels)
         except MiragicError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import NoReturn, SupportsIndex, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequestError
@@ -23,8 +24,42 @@ READ_TIMEOUT_S = 30.0
 DEFAULT_JOB_TIMEOUT_S = 300.0
 
 
-class Secret:
-    """A string that never shows itself in a repr, str, log line or traceback's locals."""
+class HoldsKey:
+    """Base of everything that holds the API key: pickling it is refused.
+
+    A pickle is a file (a cache, a multiprocessing message, a saved session): it would hold the
+    key in clear text. ``copy.deepcopy`` goes through the same protocol and is refused too,
+    unless a class says otherwise.
+    """
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} holds the Miragic API key, so it cannot be pickled: the "
+            "pickle would hold the key in clear text. Make a new Client where it is needed "
+            "(it reads MIRAGIC_API_KEY)"
+        )
+
+
+_Same = TypeVar("_Same", bound="ImmutableKey")
+
+
+class ImmutableKey(HoldsKey):
+    """A key holder that never changes: a copy in this process is the object itself (nothing
+    is written anywhere), while pickling stays refused."""
+
+    __slots__ = ()
+
+    def __copy__(self: _Same) -> _Same:
+        return self
+
+    def __deepcopy__(self: _Same, memo: dict[int, object]) -> _Same:
+        return self
+
+
+class Secret(ImmutableKey):
+    """A string that never shows itself in a repr, str, log line, traceback's locals or pickle."""
 
     __slots__ = ("_value",)
 
@@ -46,12 +81,31 @@ class Secret:
         return hash(self._value)
 
 
-def api_key_from_env(explicit: str | None = None) -> str | None:
-    """The explicit key, else ``MIRAGIC_API_KEY``; blank values count as unset."""
-    key = explicit if explicit is not None else os.environ.get(ENV_API_KEY)
+def check_api_key(key: str | None, *, source: str = "api_key") -> str | None:
+    """The key without surrounding whitespace (``None`` when blank), or ``InvalidRequestError``.
+
+    A key is printable ASCII without spaces: anything else (often a line break pasted with it)
+    would be refused by the HTTP layer with the key in its message, or smuggle in a header.
+    The message names ``source`` and never the key, nor any part of it.
+    """
     if key is None or not key.strip():
         return None
-    return key.strip()
+    if all("!" <= char <= "~" for char in key.strip()):
+        return key.strip()
+    del key  # so that a traceback printing its frames' locals does not show it
+    raise InvalidRequestError(
+        f"{source} must be printable ASCII with no spaces, line breaks or other control "
+        "characters; it has others (a pasted line break?), so it was not used and nothing "
+        "was sent",
+        field="api_key",
+    )
+
+
+def api_key_from_env(explicit: str | None = None) -> str | None:
+    """The explicit key, else ``MIRAGIC_API_KEY``; blank values count as unset; checked."""
+    if explicit is not None:
+        return check_api_key(explicit)
+    return check_api_key(os.environ.get(ENV_API_KEY), source=ENV_API_KEY)
 
 
 def base_url_from_env(explicit: str | None = None) -> str:

@@ -10,7 +10,10 @@ MiragicError
 │   └── DownloadError                              the result image could not be fetched or decoded
 ├── APIConnectionError (also ConnectionError)      no answer: refused, reset, read timeout
 ├── JobFailedError                                 the job ended ``FAILED``
-└── JobTimeoutError  (also TimeoutError)           the job did not finish in time
+├── JobTimeoutError  (also TimeoutError)           the job did not finish in time
+└── HistoryError     (also OSError)                the history database cannot be used
+    ├── HistoryCorruptError                        it is not a (sound) SQLite database
+    └── HistoryTooNewError                         a newer miragic-nb wrote it
 ```
 
 Every exception raised after a job exists carries its ``job_id`` so a paid-for job is never
@@ -113,6 +116,19 @@ class JobTimeoutError(MiragicError, TimeoutError):
     def __init__(self, message: str, *, job_id: str, last_job: Job | None = None) -> None:
         super().__init__(message, job_id=job_id)
         self.last_job = last_job
+
+
+class HistoryError(MiragicError, OSError):
+    """The history could not be read or written. Also an ``OSError``, like the disk problems
+    it stands for, so code that survives a full disk survives this too."""
+
+
+class HistoryCorruptError(HistoryError):
+    """The history database is not a database, or a damaged one; it is left as it is."""
+
+
+class HistoryTooNewError(HistoryError):
+    """The history database was written by a newer miragic-nb; it is left as it is."""
 
 
 def body_excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:

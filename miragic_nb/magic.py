@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import builtins
 import contextlib
+import functools
 import getpass
 import html
 import io
@@ -21,9 +23,8 @@ import os
 import queue
 import re
 import shlex
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -46,7 +47,15 @@ from .gallery import ImageGrid
 from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
-from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
+from .request import (
+    IMAGE_INPUT_MODELS,
+    MAX_SIDE,
+    MIN_SIDE,
+    MODELS,
+    GenerationRequest,
+    parse_decimal,
+)
+from .runner import Cancellation, CancelledBeforeStart, JobRunner
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -71,7 +80,16 @@ SUBCOMMANDS = (
     "history",
     "help",
 )
+LOGIN_ARGUMENT_REFUSED = (
+    "%miragic login takes no argument: a key typed on a command line is kept in the shell's "
+    "history (and the notebook), so it was not used. Run %miragic login alone to type it "
+    "without echo, or set MIRAGIC_API_KEY in the kernel's environment"
+)
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
+#: Names IPython keeps in the user's namespace (output history, input history, directories,
+#: the shell itself) and dunders; a result stored there would break every later cell.
+_SHELL_NAMES = frozenset({"get_ipython", "exit", "quit", "In", "Out"})
+_SHELL_NAME = re.compile(r"_+|_\d+|_i.*|_o.*|_dh.*|__.*__")
 _HISTORY_THUMB = 96
 
 
@@ -95,23 +113,26 @@ class _ShortFailure(Exception):
 
 
 def _side(text: str) -> int:
-    if not text.strip().isdigit() or not MIN_SIDE <= int(text) <= MAX_SIDE:
+    value = parse_decimal(text)
+    if value is None or not MIN_SIDE <= value <= MAX_SIDE:
         raise argparse.ArgumentTypeError(
             f"must be an integer from {MIN_SIDE} to {MAX_SIDE}, got {text!r}"
         )
-    return int(text)
+    return value
 
 
 def _seed(text: str) -> int:
-    if not text.strip().isdigit():
+    value = parse_decimal(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return int(text)
+    return value
 
 
 def _count(text: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_JOBS:
+    value = parse_decimal(text)
+    if value is None or not 1 <= value <= MAX_JOBS:
         raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_JOBS}, got {text!r}")
-    return int(text)
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -132,8 +153,19 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _name(text: str) -> str:
-    if not text.isidentifier() or keyword.iskeyword(text):
-        raise argparse.ArgumentTypeError(f"must be a Python variable name, got {text!r}")
+    """A variable of the user's own: replacing one the shell or Python needs breaks the shell."""
+    if (
+        not text.isidentifier()
+        or keyword.iskeyword(text)
+        or text in _SHELL_NAMES
+        or _SHELL_NAME.fullmatch(text)
+        or hasattr(builtins, text)
+    ):
+        raise argparse.ArgumentTypeError(
+            "must be a Python variable name of your own, not a keyword, a builtin (print...) "
+            f"or one of IPython's (get_ipython, exit, quit, In, Out, _, _i..., _o..., _dh), "
+            f"got {text!r}"
+        )
     return text
 
 
@@ -387,10 +419,13 @@ class Miragic(Magics, Configurable):
         if not slots:
             return
         events: queue.Queue[tuple[str, _Slot, Any]] = queue.Queue()
-        cancel = threading.Event()
+        cancellation = Cancellation()
 
         # The client records each job in the history (id at creation, result, failure).
         def job(slot: _Slot) -> GeneratedImage:
+            # Under the switch's lock: once the cell is interrupted, no create is sent.
+            if not cancellation.begin_send():
+                raise CancelledBeforeStart("interrupted before the job was sent")
             slot.started = True
 
             def created(job: Job) -> None:
@@ -401,30 +436,29 @@ class Miragic(Magics, Configurable):
                 slot,
                 on_created=created,
                 on_progress=lambda job: events.put(("progress", slot, job)),
-                cancel=cancel,
+                cancel=cancellation.event,
             )
 
         for slot in slots:
             slot.progress.show()
-        pool = ThreadPoolExecutor(
-            max_workers=min(len(slots), self.max_concurrency), thread_name_prefix="miragic-job"
-        )
+        # Daemon workers: a worker stuck in a slow read never holds the interpreter's exit.
+        runner = JobRunner(max_workers=min(len(slots), self.max_concurrency))
         futures: dict[Future[GeneratedImage], _Slot] = {}
         try:
             for slot in slots:
-                future = pool.submit(job, slot)
+                future = runner.submit(functools.partial(job, slot))
                 futures[future] = slot
                 future.add_done_callback(_post_done(events, slot))
             self._drain(events, slots)
         except KeyboardInterrupt:
-            cancel.set()
+            cancellation.cancel()
+            runner.shutdown()
             self._interrupted(slots, futures)
             raise
         finally:
-            # However the cell ends, no worker keeps polling: Python joins executor threads at
-            # exit, so a forgotten wait would hold a kernel restart until its timeout.
-            cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # However the cell ends, no worker keeps polling and no queued job starts.
+            cancellation.cancel()
+            runner.shutdown()
 
     def _drain(self, events: queue.Queue[tuple[str, _Slot, Any]], slots: list[_Slot]) -> None:
         finished = 0
@@ -558,6 +592,8 @@ class Miragic(Magics, Configurable):
         try:
             words = shlex.split(line)
         except ValueError as exc:
+            if line.split()[0].lower() == "login":  # a key with a quote in it
+                raise UsageError(LOGIN_ARGUMENT_REFUSED) from None
             raise UsageError(f"%miragic: {exc}") from None
         if not words:
             return self._help()
@@ -565,7 +601,7 @@ class Miragic(Magics, Configurable):
         handlers: dict[str, Callable[[list[str]], Any]] = {
             "models": lambda _: self._models(),
             "config": lambda _: self._config(),
-            "login": lambda _: self._login(),
+            "login": self._login,
             "logout": lambda _: self._logout(),
             "resume": self._resume,
             "panel": lambda _: self._panel(),
@@ -634,7 +670,9 @@ class Miragic(Magics, Configurable):
         for name, value, source in rows:
             print(f"{name:<{widths[0]}}  {value:<{widths[1]}}  ({source})")
 
-    def _login(self) -> None:
+    def _login(self, words: list[str]) -> None:
+        if words:
+            raise UsageError(LOGIN_ARGUMENT_REFUSED)
         try:
             key = getpass.getpass("Miragic API key (kept for this session only): ")
         except (StdinNotImplementedError, EOFError):
@@ -731,12 +769,12 @@ class Miragic(Magics, Configurable):
             except (OSError, ValueError) as exc:
                 raise UsageError(f"%miragic history --notebook: {exc}") from None
             return
-        if len(words) > 1 or (words and not words[0].isdigit()):
+        limit = parse_decimal(words[0]) if words else 10
+        if len(words) > 1 or limit is None:
             raise UsageError(
                 "%miragic history [N] | --notebook PATH  (N: how many recent jobs, default 10; "
                 "PATH: list the jobs whose images a notebook shows)"
             )
-        limit = int(words[0]) if words else 10
         records = self._history().records(limit)
         if not records:
             print("No jobs recorded yet.")

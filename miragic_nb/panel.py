@@ -36,6 +36,7 @@ from PIL import Image
 
 from .described_image import DescribedImage
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
+from .filenames import safe_stem
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
 from .runner import Cancellation, CancelledBeforeStart, JobRunner
@@ -829,7 +830,8 @@ def _cancel_message(job_id: str) -> str:
 
 def _save_path(image: GeneratedImage, given: str | Path) -> Path:
     extension = _EXTENSIONS.get(image.mimetype or "", "jpg")
-    job_id = str(image.metadata.get("job_id") or "image")
+    # The job id comes from the server: only a sanitised form may become a file name.
+    job_id = safe_stem(str(image.metadata.get("job_id") or "image"))
     default_name = f"miragic-{job_id}.{extension}"
     text = str(given).strip()
     if not text:

@@ -46,6 +46,7 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string", field="prompt")
+        _check_text("prompt", self.prompt)
         object.__setattr__(self, "prompt", self.prompt.strip())
         if not isinstance(self.model, str) or self.model.strip().lower() not in MODELS:
             raise InvalidRequestError(
@@ -103,10 +104,32 @@ class GenerationRequest:
         return asdict(self)
 
 
+def parse_decimal(text: str) -> int | None:
+    """The integer written in ASCII digits (surrounding spaces allowed), else None.
+
+    Not ``str.isdigit``: it also accepts '²' and other digits that ``int`` refuses.
+    """
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _check_text(name: str, text: str) -> None:
+    """Refuse text that cannot be sent: a lone surrogate (half of an emoji, from a bad decode)
+    has no UTF-8 form, so encoding the form would fail half-way."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{name} has a lone surrogate ({text[exc.start]!r} at position {exc.start}), "
+            "which is not text that can be sent; remove it or decode the text properly",
+            field=name,
+        ) from None
+
+
 def _check_side(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
+        if isinstance(value, str) and parse_decimal(value) is not None:
+            value = parse_decimal(value)
         elif isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
@@ -129,6 +152,8 @@ def _check_image_url(url: object, model: str) -> None:
             "use model='kontext' or drop image_url",
             field="image_url",
         )
+    if isinstance(url, str):
+        _check_text("image_url", url)
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequestError(
@@ -138,8 +163,9 @@ def _check_image_url(url: object, model: str) -> None:
 
 def _check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        if isinstance(seed, str) and seed.strip().isdigit():
-            return int(seed.strip())
+        parsed = parse_decimal(seed) if isinstance(seed, str) else None
+        if parsed is not None:
+            return parsed
         raise InvalidRequestError(
             f"seed must be a non-negative integer, got {seed!r}", field="seed"
         )

@@ -10,6 +10,9 @@ The ``on_created`` and ``on_progress`` callbacks are handed back to that loop wi
 Cancelling sets the ``threading.Event`` that ``Client.wait`` sleeps on, so polling stops at
 once (a status read already on the wire still completes); a job still queued for a worker
 never starts, and so never costs a credit.
+
+``JobRunner.submit`` is the one worker policy of the package (daemon threads behind a
+semaphore): the blocking ``%%miragic`` magic runs its jobs through it too.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class JobRunner:
                 request, on_created=created, on_progress=progressed, cancel=cancel.event
             )
 
-        worker = self._submit(work)
+        worker = self.submit(work)
         return await asyncio.wrap_future(worker)
 
     async def settle(self) -> None:
@@ -137,11 +140,13 @@ class JobRunner:
         for worker in waiting:
             worker.cancel()  # only succeeds for a job that has not started
 
-    def _submit(self, work: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+    def submit(self, work: Callable[[], _T]) -> concurrent.futures.Future[_T]:
         """Run ``work`` in a daemon thread once one of ``max_workers`` slots is free.
 
         Not a ``ThreadPoolExecutor``: its workers are joined at interpreter exit, so a job
-        still polling would hold a kernel restart until its timeout. A daemon thread does not.
+        still polling, or stuck in a slow read, would hold a kernel restart (or the end of a
+        papermill run) until the server lets go. A daemon thread does not. The panel and the
+        magic both run their jobs here.
         """
         worker: concurrent.futures.Future[_T] = concurrent.futures.Future()
 

@@ -9,9 +9,9 @@ assert the same: the message, and that no request reached the emulator). Also he
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,6 +25,7 @@ from miragic_nb.history import History
 from miragic_nb.magic import Miragic
 from miragic_nb.panel import Panel
 from tests.conftest import FAST_POLLS
+from tests.loopback import loopback_server
 from tests.panel_fixtures import panel
 
 if TYPE_CHECKING:
@@ -300,43 +301,26 @@ def test_panel_without_a_key_but_with_a_base_url_sends_nothing(
 # -- image_url: validated, never fetched by the client ---------------------------------------
 
 
+@dataclass
 class _InputImageServer:
     """A tiny loopback server holding one JPEG; it records who fetched it."""
 
-    def __init__(self) -> None:
-        buffer = io.BytesIO()
-        Image.new("RGB", (320, 320), (200, 40, 40)).save(buffer, "JPEG")
-        body = buffer.getvalue()
-        self.visitors: list[str] = []
-        visitors = self.visitors
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                visitors.append(self.headers.get("User-Agent", ""))
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/in.jpg"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    url: str
+    visitors: list[str]
 
 
 @pytest.fixture
 def input_image() -> Iterator[_InputImageServer]:
-    server = _InputImageServer()
-    yield server
-    server.close()
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 320), (200, 40, 40)).save(buffer, "JPEG")
+    visitors: list[str] = []
+
+    def answer(request: BaseHTTPRequestHandler, method: str) -> tuple[str, bytes]:
+        visitors.append(request.headers.get("User-Agent", ""))
+        return "image/jpeg", buffer.getvalue()
+
+    with loopback_server(answer) as url:
+        yield _InputImageServer(f"{url}/in.jpg", visitors)
 
 
 def test_image_url_is_never_fetched_by_the_client(

@@ -1,4 +1,5 @@
-"""History: job ids and results persisted as real files, shared safely between processes."""
+"""History: job ids and results persisted in the database and image files, shared safely
+between processes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import multiprocessing
 import os
 import random
+import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,8 +31,7 @@ from miragic_nb.history import (
     TIMEOUT,
     History,
     HistoryRecord,
-    _atomic_write,
-    _write_temp,
+    _write_file,
     jpeg_insert_comment,
     read_embedded_metadata,
     reuse_key,
@@ -37,6 +39,8 @@ from miragic_nb.history import (
 from miragic_nb.images import GeneratedImage
 from miragic_nb.jobs import Job
 from miragic_nb.request import GenerationRequest
+from tests.first_release import JOBS as FIRST_RELEASE_JOBS
+from tests.first_release import copy_fixture
 
 BASE = "http://127.0.0.1:8765"
 PROMPT = "A lighthouse on a cliff at dusk, {style} — 灯台 ☼"
@@ -121,6 +125,12 @@ def store(tmp_path: Path) -> History:
     return History(tmp_path / "home")
 
 
+def reused_job(store: History, request: GenerationRequest, base_url: str = BASE) -> str | None:
+    """The job id of the saved result ``reuse`` returns for ``request``, or None."""
+    image = store.reuse(request, base_url=base_url)
+    return None if image is None else str(image.metadata["job_id"])
+
+
 # -- the round trip --------------------------------------------------------------------------
 
 
@@ -156,12 +166,12 @@ def test_round_trip_created_then_result_then_records_newest_first(store: History
     assert store.get("unknown-job") is None
 
 
-def test_load_image_rebuilds_a_generated_image(store: History) -> None:
+def test_reuse_rebuilds_a_generated_image(store: History) -> None:
     request = GenerationRequest(PROMPT, seed=7, enhance=True)
     original = jpeg_bytes()
     complete(store, "job-a", request, original)
 
-    loaded = store.load_image("job-a")
+    loaded = store.reuse(request, base_url=BASE)
     assert isinstance(loaded, GeneratedImage)
     assert isinstance(loaded, Image.Image)
     assert loaded.format == "JPEG"
@@ -172,11 +182,10 @@ def test_load_image_rebuilds_a_generated_image(store: History) -> None:
     assert (meta["model"], meta["width"], meta["height"], meta["seed"]) == ("flux", 1024, 1024, 7)
     assert meta["options"]["enhance"] is True
     assert meta["path"] == str(store.home / "images" / "job-a.jpg")
-    assert "reused" not in meta
-    assert store.load_image("job-a", reused=True).metadata["reused"] is True  # type: ignore[union-attr]
-    assert store.load_image("no-such-job") is None
-    store.record_created("pending-job", request, base_url=BASE)
-    assert store.load_image("pending-job") is None
+    assert meta["reused"] is True
+    pending = GenerationRequest(PROMPT, seed=8)
+    store.record_created("pending-job", pending, base_url=BASE)
+    assert store.reuse(pending, base_url=BASE) is None
 
 
 def test_result_metadata_from_the_real_client_is_recorded(store: History) -> None:
@@ -201,7 +210,7 @@ def test_result_metadata_from_the_real_client_is_recorded(store: History) -> Non
     assert (record.elapsed_s, record.processing_s, record.credits_used) == (5.5, 4.827, 1.0)
     assert record.image_url == "https://x.test/in.png"
     assert record.reuse_key == reuse_key(request, base_url=BASE)
-    assert store.find_reusable(request, base_url=BASE) == record
+    assert reused_job(store, request) == record.job_id
 
 
 def test_result_without_a_created_record_takes_the_request_from_metadata(store: History) -> None:
@@ -215,7 +224,7 @@ def test_result_without_a_created_record_takes_the_request_from_metadata(store: 
         768,
     )
     assert record.reuse_key == reuse_key(request, base_url=BASE)
-    assert store.find_reusable(request, base_url=BASE) == record
+    assert reused_job(store, request) == record.job_id
 
 
 def test_record_result_needs_a_job_id(store: History) -> None:
@@ -257,35 +266,32 @@ def test_status_first_then_created_keeps_the_status(store: History) -> None:
     assert (record.prompt, record.seed) == ("p", 2)
 
 
-# -- atomic writes ---------------------------------------------------------------------------
+# -- crashes and concurrent writers ---------------------------------------------------------
 
 
-def test_crash_between_temp_write_and_rename_leaves_only_a_stray_temp(store: History) -> None:
-    store.record_created("job-1", GenerationRequest("first"), base_url=BASE)
-    before = store.get("job-1")
-    record_file = store.home / "jobs" / "job-1.json"
-    # The crash: a new version half-written to its temp file, never renamed into place.
-    stray = _write_temp(record_file, b'{"format": "miragic-nb.history", "job_')
-    other = _write_temp(store.home / "jobs" / "job-2.json", b"")
-
-    assert stray.parent == other.parent == record_file.parent
-    assert stray.exists()
-    assert other.exists()
-    assert store.get("job-1") == before
-    assert store.get("job-2") is None
-    assert [r.job_id for r in store.records()] == ["job-1"]
-    # Writing goes on normally beside the stray temp files.
+def test_a_temp_image_left_by_a_crash_is_never_read(store: History) -> None:
+    request = GenerationRequest("first", seed=1)
+    saved = complete(store, "job-1", request, jpeg_bytes(seed=1))
+    assert saved.path is not None
+    # The crash: a new image half-written to its temp file, never renamed into place.
+    stray = saved.path.with_name(f".{saved.path.name}.abc123.tmp")
+    stray.write_bytes(jpeg_bytes(seed=2)[:50])
+    assert store.get("job-1") == saved
+    image = store.reuse(request, base_url=BASE)
+    assert image is not None
+    assert image.tobytes() == pixels(jpeg_bytes(seed=1))[2]
+    # Writing goes on normally beside the stray temp file.
     store.record_status("job-1", FAILED, error_message="boom")
-    assert store.get("job-1").status == FAILED  # type: ignore[union-attr]
+    assert store.get("job-1").events[-1].error_message == "boom"  # type: ignore[union-attr]
 
 
 def test_failed_rename_removes_its_temp_file(tmp_path: Path) -> None:
-    target = tmp_path / "occupied.json"
+    target = tmp_path / "occupied.jpg"
     target.mkdir()
     (target / "keep").write_text("a directory cannot be replaced by a file")
     with pytest.raises(IsADirectoryError):
-        _atomic_write(target, b"{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied.json"]
+        _write_file(target, b"\xff\xd8\xff")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied.jpg"]
 
 
 def _worker(home: str, worker: int, jobs: int, shared_updates: int) -> None:
@@ -336,18 +342,18 @@ def test_several_processes_write_at_once_and_nothing_is_lost(
     assert {f"w{w}-{n}" for w in range(workers) for n in range(updates)} <= messages
     assert {f"w{w} saw it" for w in range(workers)} <= messages
     assert not list(home.rglob("*.tmp"))
+    assert not list(home.rglob("*.lock"))
 
 
 # -- files that are not (or no longer) good records -------------------------------------------
 
 
-def test_corrupt_partial_and_foreign_files_are_skipped(
-    store: History, caplog: pytest.LogCaptureFixture
+def test_corrupt_partial_and_foreign_first_release_files_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    complete(store, "good-1", GenerationRequest("one", seed=1))
-    store.record_created("good-2", GenerationRequest("two"), base_url=BASE)
-    jobs = store.home / "jobs"
-    good = (jobs / "good-1.json").read_text()
+    home = copy_fixture(tmp_path / "home")
+    jobs = home / "jobs"
+    good = (jobs / "job-done-png.json").read_text()
     (jobs / "corrupt.json").write_text('{"format": "miragic-nb.history", "job_id": "corr')
     (jobs / "empty.json").write_bytes(b"")
     (jobs / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
@@ -356,48 +362,57 @@ def test_corrupt_partial_and_foreign_files_are_skipped(
     (jobs / "renamed.json").write_text(good)  # a record whose job id is not its file name
     (jobs / "notes.txt").write_text("not a record at all")
     (jobs / "folder.json").mkdir()
+    store = History(home)
 
     with caplog.at_level(logging.WARNING, logger="miragic_nb"):
-        listed = [r.job_id for r in store.records()]
-    assert listed == ["good-2", "good-1"]
+        listed = {r.job_id for r in store.records()}
+    assert listed == {job_id for job_id, *_ in FIRST_RELEASE_JOBS}
     skipped = " ".join(r.getMessage() for r in caplog.records)
-    for name in ("corrupt", "empty", "binary", "list", "foreign", "renamed", "folder"):
+    for name in ("corrupt", "empty", "binary", "list", "foreign", "renamed"):
         assert f"{name}.json" in skipped
     assert "notes.txt" not in skipped
+    assert "folder.json" not in skipped
     assert store.get("corrupt") is None
 
     # The same unreadable files are not reported again on the next listing.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="miragic_nb"):
-        assert len(store.records()) == 2
+        assert len(store.records()) == len(FIRST_RELEASE_JOBS)
     assert caplog.records == []
 
-    # A corrupt record is replaced by the next update of that job.
+    # A job whose file was corrupt is recorded normally by the next update of that job.
     replaced = store.record_created("corrupt", GenerationRequest("again"), base_url=BASE)
     assert store.get("corrupt") == replaced
 
 
-def test_bad_field_types_are_read_as_unknown(store: History) -> None:
-    store.record_created("job-t", GenerationRequest("typed", seed=4), base_url=BASE)
-    path = store.home / "jobs" / "job-t.json"
+def test_bad_field_types_are_read_as_unknown(tmp_path: Path) -> None:
+    home = copy_fixture(tmp_path / "home")
+    path = home / "jobs" / "job-done-png.json"
     data = json.loads(path.read_text())
     data.update(width="wide", seed=True, options=["x"], created_at="yesterday", image="/etc/passwd")
     path.write_text(json.dumps(data))
-    record = store.get("job-t")
+    store = History(home)
+    record = store.get("job-done-png")
     assert record is not None
     assert (record.width, record.seed, record.options, record.path) == (None, None, {}, None)
-    assert record.prompt == "typed"
+    assert record.prompt == "a red fox in snow"
+
+    # The same holds for a hand-edited database: an image outside images/ is not a path.
+    with sqlite3.connect(home / "history.sqlite3") as connection:
+        connection.execute("UPDATE jobs SET image = '../../etc/passwd', options = 'not json'")
+    connection.close()
+    assert all(r.path is None and r.options == {} for r in store.records())
 
 
 def test_job_ids_are_sanitised_into_distinct_safe_file_names(store: History) -> None:
     ids = ["a/b", "a_b", "../../escape", "with space", "x" * 300, "ünï", ".hidden", "56ba-uuid"]
     for job_id in ids:
         complete(store, job_id, GenerationRequest(f"prompt for {job_id}", seed=1))
-    files = sorted(p.name for p in (store.home / "jobs").iterdir())
+    files = sorted(p.name for p in (store.home / "images").iterdir())
     assert len(files) == len(ids)
     assert all(len(name) < 120 and not name.startswith(".") for name in files)
-    assert "56ba-uuid.json" in files
-    assert {p.parent for p in store.home.rglob("*.json")} == {store.home / "jobs"}
+    assert "56ba-uuid.jpg" in files
+    assert {p.parent for p in store.home.rglob("*.jpg")} == {store.home / "images"}
     for job_id in ids:
         record = store.get(job_id)
         assert record is not None
@@ -428,8 +443,8 @@ def test_reuse_hits_an_exact_match_and_marks_the_image_reused(store: History) ->
     assert saved.reuse_key == reuse_key(REUSE_REQUEST, base_url=BASE)
 
     same = GenerationRequest(**REUSE_REQUEST.as_dict())
-    assert store.find_reusable(same, base_url=BASE) == saved
-    assert store.find_reusable(same, base_url=BASE + "/") == saved  # same server
+    assert reused_job(store, same) == saved.job_id
+    assert reused_job(store, same, BASE + "/") == saved.job_id  # same server
     image = store.reuse(same, base_url=BASE)
     assert image is not None
     assert image.metadata["reused"] is True
@@ -440,7 +455,7 @@ def test_reuse_hits_an_exact_match_and_marks_the_image_reused(store: History) ->
 def test_reuse_prefers_the_newest_matching_result(store: History) -> None:
     complete(store, "older", REUSE_REQUEST, jpeg_bytes(seed=1))
     newer = complete(store, "newer", REUSE_REQUEST, jpeg_bytes(seed=2))
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) == newer
+    assert reused_job(store, REUSE_REQUEST) == newer.job_id
 
 
 @pytest.mark.parametrize(
@@ -469,33 +484,30 @@ def test_reuse_misses_when_anything_differs(
     complete(store, "job-reuse", REUSE_REQUEST)
     other = replace(REUSE_REQUEST, **change)
     assert other != REUSE_REQUEST or base_url != BASE
-    assert store.find_reusable(other, base_url=base_url) is None
     assert store.reuse(other, base_url=base_url) is None
 
 
 def test_reuse_needs_a_seed(store: History) -> None:
     unseeded = replace(REUSE_REQUEST, seed=None)
     complete(store, "job-unseeded", unseeded)
-    assert store.find_reusable(unseeded, base_url=BASE) is None
     assert store.reuse(unseeded, base_url=BASE) is None
 
 
 def test_reuse_needs_a_completed_record_with_a_readable_image(store: History) -> None:
     store.record_created("only-created", REUSE_REQUEST, base_url=BASE)
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
     store.record_status("only-created", FAILED, error_message="no")
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
 
     saved = complete(store, "gone", REUSE_REQUEST)
     assert saved.path is not None
     saved.path.unlink()
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
     assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
 
     broken = complete(store, "broken", REUSE_REQUEST)
     assert broken.path is not None
     broken.path.write_bytes(b"<html>not an image</html>")
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
 
     # A truncated file passes the header check but does not decode: reuse() skips it.
     good = complete(store, "good", REUSE_REQUEST, jpeg_bytes(seed=3))
@@ -572,13 +584,75 @@ def test_saved_png_carries_metadata_and_identical_pixels(store: History, mode: s
     assert data[:33] == original[:33]
 
 
+FORGED = {"job_id": "server-chosen", "prompt": "what the server claims", "seed": 999}
+
+
+def test_a_forged_jpeg_comment_from_the_server_never_wins(store: History) -> None:
+    # A server's JPEG that already holds a {"miragic": ...} comment, before and after others.
+    clean = jpeg_bytes(seed=13, comment=b"an ordinary server comment")
+    forged = jpeg_insert_comment(clean, json.dumps({"miragic": FORGED}).encode())
+    forged = jpeg_insert_comment(forged, b'{"miragic": {"job_id": "second forgery"}}')
+    request = GenerationRequest("what we asked for", seed=5)
+    saved = complete(store, "our-job", request, forged)
+    assert saved.path is not None
+    data = saved.path.read_bytes()
+
+    embedded = read_embedded_metadata(data)
+    assert embedded is not None
+    assert (embedded["job_id"], embedded["prompt"], embedded["seed"]) == (
+        "our-job",
+        "what we asked for",
+        5,
+    )
+    with Image.open(saved.path) as opened:
+        assert json.loads(opened.info["comment"])["miragic"]["job_id"] == "our-job"
+    assert b"server-chosen" not in data
+    assert b"second forgery" not in data
+    assert b"an ordinary server comment" in data  # other comments are the server's to keep
+    # Not re-encoded: the server's bytes minus the forged segments plus ours.
+    assert pixels(data) == pixels(forged)
+    ours = data.index(b"\xff\xfe", data.index(b"an ordinary server comment"))
+    length = int.from_bytes(data[ours + 2 : ours + 4], "big")
+    assert data[:ours] + data[ours + 2 + length :] == clean
+
+
+@pytest.mark.parametrize("chunk", ["tEXt", "iTXt", "zTXt"])
+def test_a_forged_png_text_chunk_from_the_server_never_wins(store: History, chunk: str) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    text = json.dumps(FORGED)
+    if chunk == "tEXt":
+        info.add_text("miragic", text)
+    else:
+        info.add_itxt("miragic", text, zip=chunk == "zTXt")
+    info.add_text("Software", "the server's own tool")
+    forged = encode(noise(seed=14), "PNG", pnginfo=info)
+    with Image.open(io.BytesIO(forged)) as opened:
+        assert json.loads(opened.info["miragic"])["job_id"] == "server-chosen"  # a real forgery
+    saved = complete(store, "our-job", GenerationRequest("what we asked for", seed=6), forged)
+    assert saved.path is not None
+    data = saved.path.read_bytes()
+
+    embedded = read_embedded_metadata(data)
+    assert embedded is not None
+    assert (embedded["job_id"], embedded["prompt"]) == ("our-job", "what we asked for")
+    with Image.open(saved.path) as opened:
+        assert json.loads(opened.info["miragic"])["job_id"] == "our-job"
+        assert opened.info["Software"] == "the server's own tool"
+    with Image.open(saved.path) as opened:
+        opened.verify()  # every chunk's CRC still holds
+    assert b"server-chosen" not in data
+    assert pixels(data) == pixels(forged)
+
+
 def test_other_formats_are_saved_as_sent(store: History) -> None:
     original = encode(noise(seed=3), "GIF")
     saved = complete(store, "job-gif", GenerationRequest("gif", seed=1), original)
     assert saved.path is not None
     assert saved.path.suffix == ".gif"
     assert saved.path.read_bytes() == original
-    loaded = store.load_image("job-gif")
+    loaded = store.reuse(GenerationRequest("gif", seed=1), base_url=BASE)
     assert loaded is not None
     assert loaded.metadata["prompt"] == "gif"
 
@@ -610,7 +684,7 @@ def test_an_enormous_prompt_is_shortened_to_fit_one_jpeg_comment(store: History)
         embedded = json.loads(opened.info["comment"])["miragic"]
     assert embedded["prompt_truncated"] is True
     assert prompt.startswith(embedded["prompt"])
-    assert saved.prompt == prompt.strip()  # the JSON record keeps it whole
+    assert saved.prompt == prompt.strip()  # the database keeps it whole
 
 
 # -- where the data lives, and what never goes there -------------------------------------------
@@ -637,12 +711,12 @@ def test_env_home_is_used_for_writing_and_created_only_on_first_write(
     store = History()
     assert store.records() == []
     assert store.get("x") is None
-    assert store.find_reusable(REUSE_REQUEST, base_url=BASE) is None
+    assert store.reuse(REUSE_REQUEST, base_url=BASE) is None
     assert miragic_nb.history() == []
     assert not (tmp_path / "lazy").exists()
 
     store.record_created("job-e", GenerationRequest("env"), base_url=BASE)
-    assert (home / "jobs" / "job-e.json").is_file()
+    assert (home / "history.sqlite3").is_file()
     assert [r.job_id for r in miragic_nb.history()] == ["job-e"]
     assert [r.job_id for r in miragic_nb.history(tmp_path / "elsewhere")] == []
 
@@ -667,7 +741,8 @@ def test_the_api_key_is_never_written(tmp_path: Path, monkeypatch: pytest.Monkey
     store.record_status("job-k", CANCELLED)
 
     files = [p for p in store.home.rglob("*") if p.is_file()]
-    assert len(files) >= 4
+    names = {p.name for p in files}
+    assert {"history.sqlite3", "job-k.jpg", "job-k2.png"} <= names
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
 
@@ -684,3 +759,44 @@ def test_importing_history_does_not_load_pillow() -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert out.stdout.strip() == "False"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_documented_spelling_of_the_history_readers_works() -> None:
+    # ``miragic_nb.history`` is the function (``miragic_nb.history()``); the readers the README
+    # names as ``miragic_nb.history.<name>`` are its attributes, and the module's names too.
+    spelled = set(re.findall(r"miragic_nb\.history\.([A-Za-z_]\w*)", README.read_text("utf-8")))
+    assert "read_embedded_metadata" in spelled
+    import miragic_nb.history as imported_as
+
+    module = sys.modules["miragic_nb.history"]
+    for name in spelled:
+        assert getattr(miragic_nb.history, name) is getattr(module, name), name
+        assert getattr(imported_as, name) is getattr(module, name), name
+    assert callable(miragic_nb.history)
+    assert isinstance(miragic_nb.history(), list)
+
+    # And in a fresh interpreter, as a user would type them.
+    lines = [f"print(miragic_nb.history.{name}.__name__)" for name in sorted(spelled)]
+    code = "import miragic_nb\nimport miragic_nb.history\n" + "\n".join(lines)
+    code += "\nprint(type(miragic_nb.history()).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=README.parent,
+        env={**os.environ, "PYTHONPATH": str(README.parent)},
+    )
+    assert out.stdout.split() == [*sorted(spelled), "list"]
+
+
+def test_read_embedded_metadata_reads_a_saved_result_by_its_documented_name(
+    store: History,
+) -> None:
+    saved = complete(store, "job-doc", GenerationRequest("documented", seed=1))
+    assert saved.path is not None
+    meta = miragic_nb.history.read_embedded_metadata(saved.path.read_bytes())  # type: ignore[attr-defined]
+    assert (meta["job_id"], meta["prompt"]) == ("job-doc", "documented")

@@ -16,6 +16,7 @@ from miragic_nb import builtin
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from miragic_nb.history import read_embedded_metadata
+from miragic_nb.images import GeneratedImage
 from miragic_nb.panel import Panel
 from tests.panel_fixtures import CREATE, panel, trait_text, until, widget_tree
 
@@ -244,3 +245,28 @@ def test_a_client_without_a_key_is_refused_before_anything_is_sent(emulator: Emu
         assert panel.history == []
         assert emulator.requests == []
         panel.close()
+
+
+@pytest.mark.parametrize("job_id", ["/../../escape", "../../escape", "..", "a/b/../../../c"])
+def test_a_blank_save_path_never_leaves_the_current_folder(
+    panel: Panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_id: str
+) -> None:
+    # The default file name is made from the job id, which the server chose.
+    work = tmp_path / "outer" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "JPEG")
+    image = GeneratedImage.from_bytes(buffer.getvalue(), {"job_id": job_id, "prompt": "p"})
+
+    saved = panel.save(image, path="")
+    assert saved.parent == work
+    assert saved.name.startswith("miragic-")
+    assert saved.is_file()
+    assert read_embedded_metadata(saved.read_bytes())["job_id"] == job_id  # type: ignore[index]
+    # Nothing was written or created anywhere else.
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
+        Path("outer"),
+        Path("outer/work"),
+        saved.relative_to(tmp_path),
+    ]

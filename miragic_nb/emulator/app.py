@@ -1,7 +1,7 @@
 """The emulator's WSGI applications: the API origin and the second (result-file) origin.
 
-Both share one :class:`EmulatorState` (jobs, faults, request log, render pool). The API
-origin answers the reference's two calls and serves result files under
+Both share one :class:`EmulatorState` (jobs, faults, rate limits, service queue, request log,
+render pool). The API origin answers the reference's two calls and serves result files under
 ``/uploads/image-generation/processed/<user>/<file>.jpg``; the second origin serves the same
 files under ``/files/<user>/<file>.jpg`` plus redirect hops ``/hop/<n>/<user>/<file>.jpg``.
 """
@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -21,16 +22,18 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from .faults import Fault, Faults
+from .faults import TOO_MANY_REQUESTS, Fault, Faults
 from .inputs import InputFetchError, fetch_input
 from .jobs import COMPLETED, FAILED, PENDING, EmulatedJob
+from .limits import RateLimits
+from .queueing import ServiceQueue
 from .recording import Headers, RecordedRequest, RequestLog
 from .render import decompression_bomb, render_image, transform_image
 from .validation import ValidationError, validate_create
@@ -72,12 +75,16 @@ class EmulatorState:
         self,
         config: EmulatorConfig,
         faults: Faults,
+        limits: RateLimits,
         *,
         seed: int | None = None,
         render_workers: int | None = None,
+        workers: int | None = None,
     ) -> None:
         self.config = config
         self.faults = faults
+        self.limits = limits
+        self.queue = ServiceQueue(workers)
         self.log = RequestLog()
         self.user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"miragic-emulator:{config.api_key}"))
         self.second_url = ""  # set by the server once the second origin is bound
@@ -105,6 +112,9 @@ class EmulatorState:
         match = faults.failure_match
         applies = match is None or match.lower() in params.prompt.lower()
         fails = applies and (faults.force_failure or roll < faults.failure_rate)
+        duration = max(0.0, seconds * (1.0 + jitter))
+        created = time.monotonic()
+        started = self.queue.admit(created, duration)
         job = EmulatedJob(
             id=str(uuid.uuid4()),
             user_id=self.user_id,
@@ -117,9 +127,11 @@ class EmulatorState:
             seed=seed,
             image_url=params.image_url,
             file_name=f"{uuid.uuid4()}.jpg",
-            duration=max(0.0, seconds * (1.0 + jitter)),
+            duration=duration,
             fail_message=faults.failure_message if fails else None,
             never_finish=faults.never_finish,
+            created_mono=created,
+            queued_seconds=started - created,
         )
         with self._lock:
             self._jobs[job.id] = job
@@ -170,6 +182,11 @@ class EmulatorState:
         with self._lock:
             return dict(self._jobs)
 
+    def set_workers(self, workers: int | None) -> None:
+        """Change the number of service workers; jobs already scheduled keep their schedule."""
+        busy_until = (job.started_mono + job.duration for job in self.jobs().values())
+        self.queue.resize(workers, busy_until, time.monotonic())
+
     def shutdown(self) -> None:
         self.stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -217,6 +234,18 @@ def _error(message: str, status: int) -> Response:
     return _json({"success": False, "message": message}, status)
 
 
+def _throttled(wait: float) -> Response:
+    """429 for a request that found its bucket empty; a token is there in ``wait`` seconds."""
+    response = _error(TOO_MANY_REQUESTS, 429)
+    # Both hints round up, so a client that waits exactly as long always finds a token:
+    # Retry-After in whole seconds (RFC 9110 delta-seconds), and the wait to the millisecond
+    # in X-RateLimit-Reset-After, as Discord's API sends it.
+    millis = math.ceil(wait * 1000)
+    response.headers["Retry-After"] = str(max(1, math.ceil(millis / 1000)))
+    response.headers["X-RateLimit-Reset-After"] = f"{millis / 1000:.3f}"
+    return response
+
+
 def _iso(epoch: float) -> str:
     moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -242,6 +271,8 @@ class _Origin:
 
     origin = "main"
     url_map: Map
+    #: The rate-limit kind of each endpoint (endpoints not listed are never limited).
+    limit_kinds: ClassVar[Mapping[str, str]]
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
@@ -250,9 +281,19 @@ class _Origin:
         arrived = time.time()
         request = Request(environ)
         adapter = self.url_map.bind_to_environ(environ)
+        kind: str | None = None
+        throttled = False
         try:
             endpoint, args = adapter.match()
-            outcome: _Outcome = getattr(self, f"on_{endpoint}")(request, **args)
+            kind = self.limit_kinds.get(endpoint)
+            # The limiter stands in front of the application: a refused create makes no job,
+            # and a refused request consumes no injected fault.
+            wait = 0.0 if kind is None else self.state.limits.take(kind)
+            if wait > 0:
+                throttled = True
+                outcome: _Outcome = _Outcome(_throttled(wait))
+            else:
+                outcome = getattr(self, f"on_{endpoint}")(request, **args)
         except NotFound:
             outcome = _Outcome(_error("Route not found", 404))
         except MethodNotAllowed:
@@ -275,6 +316,8 @@ class _Origin:
                 job_id=outcome.job_id,
                 fault=outcome.fault,
                 client_port=int(environ.get("REMOTE_PORT") or 0),
+                kind=kind,
+                throttled=throttled,
             )
         )
         return outcome.response(environ, start_response)
@@ -365,6 +408,11 @@ class ApiApp(_Origin):
         ],
         strict_slashes=False,
     )
+    limit_kinds: ClassVar[Mapping[str, str]] = {
+        "create": "create",
+        "status": "status",
+        "upload": "download",
+    }
 
     def _auth(self, request: Request) -> Response | None:
         key = request.headers.get("X-API-Key", "")
@@ -490,6 +538,7 @@ class SecondOriginApp(_Origin):
         ],
         strict_slashes=False,
     )
+    limit_kinds: ClassVar[Mapping[str, str]] = {"file": "download", "hop": "download"}
 
     def on_file(self, request: Request, user_id: str, file_name: str) -> _Outcome:
         return self.serve_file(request, user_id, file_name, redirect_to=None)

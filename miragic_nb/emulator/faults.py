@@ -64,7 +64,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ROUTES", "Fault", "FaultKind", "Faults"]
+__all__ = ["ROUTES", "TOO_MANY_REQUESTS", "Fault", "FaultKind", "Faults"]
+
+#: The ``message`` of a 429 answer, injected or from the emulator's own rate limits.
+TOO_MANY_REQUESTS = "Too many requests, please try again later."
 
 FaultKind = Literal[
     "http",
@@ -146,9 +149,7 @@ class Fault:
         cls, retry_after: float | None = 1, *, http_date: bool = False, status: int = 429
     ) -> Fault:
         """429 with ``Retry-After`` in seconds, or as an HTTP-date that many seconds ahead."""
-        body = json.dumps(
-            {"success": False, "message": "Too many requests, please try again later."}
-        ).encode()
+        body = json.dumps({"success": False, "message": TOO_MANY_REQUESTS}).encode()
         return cls(
             "http",
             status,

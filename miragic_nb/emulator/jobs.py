@@ -1,8 +1,10 @@
 """The emulator's server-side truth about each job, and the clock that drives it.
 
-A job's status is computed lazily from the monotonic clock: it is ``PENDING`` until its
-duration has passed *and* its JPEG has been rendered by the worker pool, then ``COMPLETED``
-(or ``FAILED`` if it was chosen to fail or its input image could not be used).
+A job's status is computed lazily from the monotonic clock: it is ``PENDING`` while it waits
+for a service worker (``queued_seconds`` after creation, see
+:mod:`miragic_nb.emulator.queueing`) and then until its duration has passed *and* its JPEG has
+been rendered by the render pool; then ``COMPLETED`` (or ``FAILED`` if it was chosen to fail or
+its input image could not be used).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ class EmulatedJob:
     image_url: str
     file_name: str
     duration: float
-    """Seconds from creation to completion (jitter included). Tests may lower it."""
+    """Seconds of service, from its start to completion (jitter included). Tests may lower it."""
     fail_message: str | None = None
     """Set when the job was chosen to fail at creation (``Faults`` failure settings)."""
     never_finish: bool = False
     created_at: float = field(default_factory=time.time)
     created_mono: float = field(default_factory=time.monotonic)
+    queued_seconds: float = 0.0
+    """Seconds spent waiting for a service worker before the job's duration starts."""
     result: bytes | None = None
     """The rendered JPEG once the worker pool is done (``None`` for failed jobs)."""
     render_error: str | None = None
@@ -73,11 +77,16 @@ class EmulatedJob:
 
     # ------------------------------------------------------------ clock side
 
+    @property
+    def started_mono(self) -> float:
+        """The monotonic time at which a worker takes the job (its creation, without a queue)."""
+        return self.created_mono + self.queued_seconds
+
     def finished_mono(self) -> float | None:
         """The monotonic time at which the job finished, or None while it runs."""
         if self.never_finish:
             return None
-        due = self.created_mono + self.duration
+        due = self.started_mono + self.duration
         if self.fail_message is not None:
             return due if time.monotonic() >= due else None
         rendered = self._rendered_mono
@@ -102,21 +111,27 @@ class EmulatedJob:
         return self.fail_message if self.fail_message is not None else self.render_error
 
     def progress(self) -> int:
-        """0-99 while running, 100 when completed."""
+        """0 while queued, then 0-99 while running, 100 when completed."""
         state = self.status()
         if state == COMPLETED:
             return 100
+        elapsed = time.monotonic() - self.started_mono
+        if elapsed < 0:
+            return 0
         if self.duration <= 0:
             return 99
-        elapsed = time.monotonic() - self.created_mono
         return max(0, min(99, int(100 * elapsed / self.duration)))
 
     def processing_ms(self) -> int | None:
-        """Milliseconds from creation to the end, once finished (``processingTimeMs``)."""
+        """Milliseconds of service, from the service start to the end, once finished.
+
+        This is ``processingTimeMs``: like a worker timing its own work, it leaves out the wait
+        in the queue, which clients see as ``updatedAt - createdAt`` instead.
+        """
         end = self.finished_mono()
         if end is None:
             return None
-        return round((end - self.created_mono) * 1000)
+        return round((end - self.started_mono) * 1000)
 
     def updated_at(self) -> float:
         """Wall-clock time of the last change: the end if finished, else now."""

@@ -55,6 +55,10 @@ class RecordedRequest:
     """The kind of injected fault that shaped the answer, if any."""
     client_port: int = 0
     """The client's TCP port: equal ports on consecutive requests mean a reused connection."""
+    kind: str | None = None
+    """The rate-limit kind of the request: ``"create"``, ``"status"``, ``"download"`` or None."""
+    throttled: bool = False
+    """Whether the emulator's own rate limit answered it with 429 (injected 429s are faults)."""
 
 
 class RequestLog:
@@ -85,6 +89,8 @@ class RequestLog:
         job_id: str | None = None,
         origin: str | None = None,
         status: int | None = None,
+        kind: str | None = None,
+        throttled: bool | None = None,
     ) -> int:
         """How many recorded requests match every given criterion."""
         return sum(
@@ -94,4 +100,6 @@ class RequestLog:
             and r.path.startswith(path_prefix)
             and (job_id is None or r.job_id == job_id)
             and (status is None or r.status == status)
+            and (kind is None or r.kind == kind)
+            and (throttled is None or r.throttled == throttled)
         )

@@ -26,6 +26,8 @@ from .app import CUT_KEY, ApiApp, EmulatorConfig, EmulatorState, JobSeconds, Sec
 from .faults import Faults
 from .inputs import MAX_INPUT_BYTES
 from .jobs import EmulatedJob
+from .limits import RateLimit, RateLimits
+from .queueing import check_workers
 from .recording import RecordedRequest
 
 if TYPE_CHECKING:
@@ -64,6 +66,10 @@ class _Handler(WSGIRequestHandler):
     """Werkzeug's handler, with keep-alive and the connection-level faults."""
 
     protocol_version = "HTTP/1.1"
+    # The head and the body go out in two writes. With Nagle's algorithm the body waits for
+    # the ACK of the head, which the client delays (~40 ms on Linux) on a kept-alive
+    # connection: every answer would take 40 ms and throughput benchmarks would measure that.
+    disable_nagle_algorithm = True
     connections: ClassVar[_Connections]
     _abort = False
 
@@ -247,7 +253,11 @@ class Emulator:
     ``job_seconds`` is a job's duration before jitter: a number, or a callable taking the
     create request's form (``Mapping[str, str]``) and returning seconds. ``jitter`` is the
     relative random spread (0.1: ±10%). ``seed`` makes jitter, random seeds and failure
-    rolls reproducible. Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+    rolls reproducible. ``rate_limits`` maps a kind (``"create"``, ``"status"``,
+    ``"download"``) to a :class:`~miragic_nb.emulator.limits.RateLimit`; ``workers`` is the
+    number of service workers (``None``: every job starts at once). Both can be changed while
+    it runs (``emu.limits``, ``emu.workers``). ``render_workers`` is unrelated: the threads
+    that draw the JPEGs. Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -265,12 +275,17 @@ class Emulator:
         render_workers: int | None = None,
         fetch_timeout: float = 5.0,
         max_input_bytes: int = MAX_INPUT_BYTES,
+        rate_limits: Mapping[str, RateLimit] | None = None,
+        workers: int | None = None,
     ) -> None:
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
         self.api_key = api_key
         self.host, self.port, self.second_port = host, port, second_port
         self.faults = faults if faults is not None else Faults()
+        self.limits = RateLimits(rate_limits)
+        """Rate limits per kind; e.g. ``emu.limits.create = RateLimit(4, burst=4)``."""
+        self._workers = check_workers(workers)
         self._config = EmulatorConfig(
             api_key=api_key,
             job_seconds=job_seconds,
@@ -280,9 +295,7 @@ class Emulator:
             max_input_bytes=max_input_bytes,
         )
         self._seed, self._render_workers = seed, render_workers
-        self._state = EmulatorState(
-            self._config, self.faults, seed=seed, render_workers=render_workers
-        )
+        self._state = self._new_state()
         self._servers: list[_Server] = []
         self._url = ""
         self.second_origin = SecondOrigin(self)
@@ -293,10 +306,8 @@ class Emulator:
         """Bind both origins and serve in daemon threads; returns ``self``."""
         if self._servers:
             raise RuntimeError("the emulator is already running")
-        if self._state.stopping.is_set():  # restarted after stop(): fresh state, same faults
-            self._state = EmulatorState(
-                self._config, self.faults, seed=self._seed, render_workers=self._render_workers
-            )
+        if self._state.stopping.is_set():  # restarted after stop(): fresh state, same settings
+            self._state = self._new_state()
         main = _Server(self.host, self.port, ApiApp(self._state), "miragic-emulator")
         try:
             second = _Server(
@@ -309,6 +320,16 @@ class Emulator:
         self._url = f"http://{_display_host(self.host)}:{main.port}"
         self._state.second_url = f"http://{_display_host(self.host)}:{second.port}"
         return self
+
+    def _new_state(self) -> EmulatorState:
+        return EmulatorState(
+            self._config,
+            self.faults,
+            self.limits,
+            seed=self._seed,
+            render_workers=self._render_workers,
+            workers=self._workers,
+        )
 
     def stop(self) -> None:
         """Stop both origins, close open connections and the render pool. Idempotent."""
@@ -358,6 +379,16 @@ class Emulator:
         self._config.report_progress = value
 
     @property
+    def workers(self) -> int | None:
+        """Service workers (``None``: unlimited); settable at runtime, for jobs created next."""
+        return self._workers
+
+    @workers.setter
+    def workers(self, value: int | None) -> None:
+        self._state.set_workers(value)
+        self._workers = value
+
+    @property
     def running(self) -> bool:
         return bool(self._servers)
 
@@ -402,6 +433,14 @@ class Emulator:
             method, path_prefix, job_id=job_id, status=status, origin="main"
         )
 
+    def throttled(self, kind: str | None = None) -> int:
+        """How many requests (of ``kind``, or all) the rate limits answered 429, on both origins.
+
+        Counted from the request log, so :meth:`clear_requests` resets it. Injected 429s
+        (``Fault.rate_limited``) are not counted here.
+        """
+        return self._state.log.count(kind=kind, throttled=True)
+
     @property
     def second_origin_requests(self) -> list[RecordedRequest]:
         """Shorthand for ``second_origin.requests``."""
@@ -427,4 +466,7 @@ class Emulator:
 
     def __repr__(self) -> str:
         where = self._url or "not started"
-        return f"<Emulator {where} job_seconds={self._config.job_seconds!r} {self.faults!r}>"
+        return (
+            f"<Emulator {where} job_seconds={self._config.job_seconds!r} workers={self._workers!r}"
+            f" {self.limits!r} {self.faults!r}>"
+        )

@@ -1,9 +1,11 @@
 """The Miragic API client: create a job (once), poll it, download and decode the result.
 
-Every HTTP call goes through ``Client._send``, where every failure becomes one typed error
-(``errors.py``). Transport retries are urllib3's ``Retry``, configured per contract decision 8:
-status reads and downloads retry connection errors, read errors, 429 and 502/503/504; the create
-``POST`` retries only what certainly created no job (a connection that never opened, a 429).
+Every API call goes through ``Client._send`` and every download through ``Client._fetch``,
+where every failure becomes one typed error (``errors.py``); the session, its retries, the
+deadlines and size caps live in ``transport.py``. Status reads and downloads retry connection
+errors, read errors, 429 and 502/503/504; the create ``POST`` retries only what certainly
+created no job (a connection that never opened, a 429). A whole generation runs under one
+deadline (``timeout``), which bounds every request and every wait inside it.
 """
 
 from __future__ import annotations
@@ -13,20 +15,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from . import config
+from . import config, transport
 from .errors import (
     APIConnectionError,
     APIError,
-    AuthenticationError,
     DownloadError,
     InvalidRequestError,
     JobFailedError,
@@ -34,19 +30,17 @@ from .errors import (
     MiragicError,
     MissingAPIKeyError,
     RateLimitError,
-    body_excerpt,
-    message_from_body,
+    server_text,
 )
 from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
 from .images import MAX_PIXELS, GeneratedImage
 from .interrupts import deferred_interrupt
-from .jobs import Job
+from .jobs import Job, job_id_of
 from .polling import (
     DurationLearner,
     PollSchedule,
     RecentSubmissions,
     Submission,
-    parse_retry_after,
 )
 from .request import GenerationRequest
 
@@ -56,114 +50,12 @@ CREATE_PATH = "/api/v1/image/generate"
 JOB_PATH = "/api/v1/image/jobs/"
 #: Largest result body accepted; a 2048×2048 JPEG is a few MB.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-#: Longest ``Retry-After`` honoured by sleeping inside one call.
-MAX_RETRY_AFTER_S = 30.0
-_CHUNK = 256 * 1024
 #: What a job id may look like (the API's are UUIDs); it becomes a URL path segment.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
 ProgressCallback = Callable[[Job], None]
-
-
-class _CappedRetry(Retry):
-    """urllib3 ``Retry`` that never sleeps longer than ``MAX_RETRY_AFTER_S`` for a Retry-After."""
-
-    def get_retry_after(self, response: Any) -> float | None:
-        seconds = parse_retry_after(response.headers.get("Retry-After"))
-        return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
-
-
-class _CreateRetry(_CappedRetry):
-    # A 503 may have reached the application; only a 429 certainly created no job.
-    RETRY_AFTER_STATUS_CODES = frozenset({429})
-
-
-#: Statuses urllib3 retries for GETs (status reads and downloads) before we see them.
-_RETRIED_STATUSES = (429, 502, 503, 504)
-
-
-def _read_retry() -> Retry:
-    return _CappedRetry(
-        total=5,
-        connect=4,
-        read=2,
-        status=4,
-        other=0,
-        backoff_factor=0.25,
-        backoff_max=4.0,
-        status_forcelist=_RETRIED_STATUSES,
-        allowed_methods=frozenset({"GET"}),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-        raise_on_redirect=False,
-    )
-
-
-def _create_retry() -> Retry:
-    return _CreateRetry(
-        total=4,
-        connect=3,
-        read=0,
-        status=3,
-        other=0,
-        redirect=0,
-        backoff_factor=0.5,
-        backoff_max=4.0,
-        status_forcelist=(429,),
-        allowed_methods=frozenset({"POST"}),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-        raise_on_redirect=False,
-    )
-
-
-class _HeaderSecret(str, config.ImmutableKey):
-    """The key as a header value: sent as itself, shown masked in reprs, never pickled.
-
-    urllib3's and http.client's frames hold the headers dict while a request is on the wire;
-    a traceback that captures locals (a Ctrl-C in IPython's verbose mode) prints it.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'********'"
-
-
-class _ApiKeyAuth(requests.auth.AuthBase):
-    """Adds ``X-API-Key`` only to requests for the API's own origin."""
-
-    def __init__(self, api_key: config.Secret, api_origin: tuple[str, str, int | None]) -> None:
-        self._api_key = api_key
-        self._api_origin = api_origin
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if request.url and config.origin(request.url) == self._api_origin:
-            request.headers["X-API-Key"] = _HeaderSecret(self._api_key.reveal())
-        else:
-            request.headers.pop("X-API-Key", None)
-        return request
-
-    def __repr__(self) -> str:
-        return "<API key auth (hidden)>"
-
-
-class _OriginBoundSession(requests.Session):
-    """A session that drops ``X-API-Key`` when a redirect leaves the API's origin.
-
-    requests strips ``Authorization`` on a cross-host redirect but keeps custom headers.
-    """
-
-    def __init__(self, api_origin: tuple[str, str, int | None]) -> None:
-        super().__init__()
-        self.api_origin = api_origin
-
-    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:
-        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
-        if prepared_request.url and config.origin(prepared_request.url) != self.api_origin:
-            prepared_request.headers.pop("X-API-Key", None)
 
 
 @dataclass(frozen=True)
@@ -212,23 +104,7 @@ class Client(config.HoldsKey):
         self.max_download_bytes = max_download_bytes
         self.max_pixels = max_pixels
         self._timing = _Timing(connect_timeout, read_timeout)
-        self._origin = config.origin(self.base_url)
-        self._session = self._make_session()
-
-    def _make_session(self) -> _OriginBoundSession:
-        session = _OriginBoundSession(self._origin)
-        session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
-        session.headers["Accept"] = "application/json"
-        read_adapter = HTTPAdapter(max_retries=_read_retry(), pool_maxsize=32)
-        session.mount("https://", read_adapter)
-        session.mount("http://", read_adapter)
-        # Longest prefix wins: the create endpoint gets the no-duplicate-job retry policy.
-        session.mount(
-            self.base_url + CREATE_PATH, HTTPAdapter(max_retries=_create_retry(), pool_maxsize=32)
-        )
-        if self._api_key:
-            session.auth = _ApiKeyAuth(self._api_key, self._origin)
-        return session
+        self._session = transport.make_session(self.base_url, CREATE_PATH, self._api_key)
 
     def __repr__(self) -> str:
         # getattr: a traceback may show a client whose __init__ raised half-way.
@@ -292,10 +168,12 @@ class Client(config.HoldsKey):
         data = body.get("data")
         if not isinstance(data, dict):
             raise APIError("create answer has no 'data' object", status_code=200)
-        try:
-            job = Job.from_record(data, base_url=self.base_url)
-        except ValueError:
-            raise APIError("create answer has no jobId", status_code=200) from None
+        job_id = job_id_of(data)
+        if job_id is None:
+            raise APIError("create answer has no jobId", status_code=200)
+        # The id is what makes a paid-for job recoverable: whatever else is odd in the answer,
+        # the job is kept (the rest is read tolerantly, and a status read will say more).
+        job = Job.from_record(data, base_url=self.base_url)
         log.info("created job %s (model=%s)", job.id, request.model)
         self._submissions.add(
             job.id,
@@ -311,10 +189,15 @@ class Client(config.HoldsKey):
         data = body.get("data")
         if not isinstance(data, dict):
             raise APIError("status answer has no 'data' object", status_code=200, job_id=job_id)
-        try:
-            return Job.from_record({"id": job_id, **data}, base_url=self.base_url)
-        except ValueError:
-            raise APIError("status answer has no job id", status_code=200, job_id=job_id) from None
+        named = job_id_of(data)
+        if named is not None and named != job_id:
+            # Never let one job's answer stand for another: treated as a failed read.
+            raise APIError(
+                f"the answer names another job ({server_text(named, 40)})",
+                status_code=200,
+                job_id=job_id,
+            )
+        return Job.from_record({**data, "id": job_id}, base_url=self.base_url)
 
     def wait(
         self,
@@ -331,17 +214,32 @@ class Client(config.HoldsKey):
         errors, 5xx, 429, malformed answers) do not end the wait; they are retried until the
         deadline. ``cancel``, when set, stops polling at the next step with ``JobTimeoutError``.
         """
-        job_id = job_or_id.id if isinstance(job_or_id, Job) else _check_job_id(job_or_id)
         limit = self.timeout if timeout is None else _check_timeout(timeout)
+        return self._wait(
+            job_or_id, time.monotonic() + limit, limit, on_progress=on_progress, cancel=cancel
+        )
+
+    def _wait(
+        self,
+        job_or_id: Job | str,
+        deadline: float,
+        limit: float,
+        *,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> Job:
+        """``wait`` until a monotonic ``deadline``, ``limit`` seconds after the work began."""
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else _check_job_id(job_or_id)
         last: Job | None = job_or_id if isinstance(job_or_id, Job) else None
-        for job in self.iter_status(job_id, timeout=limit, cancel=cancel):
+        failures: list[MiragicError] = []
+        for job in self._status_reads(job_id, deadline, cancel, failures):
             last = job
             if on_progress is not None:
                 on_progress(job)
             if job.is_completed:
                 return job
             if job.is_failed:
-                reason = job.error_message or "no reason given"
+                reason = server_text(job.error_message or "no reason given")
                 raise JobFailedError(f"job {job.id} failed: {reason}", job=job)
         stopped = cancel is not None and cancel.is_set()
         message = (
@@ -349,11 +247,10 @@ class Client(config.HoldsKey):
             if stopped
             else f"job {job_id} did not finish within {limit:g}s"
         )
-        raise JobTimeoutError(
-            message + f"; it may still finish: client.wait({job_id!r}) picks it up",
-            job_id=job_id,
-            last_job=last,
-        )
+        message += f"; it may still finish: client.wait({job_id!r}) picks it up"
+        if failures and not stopped:
+            message += f" (last status read: {server_text(failures[-1].message, 70)})"
+        raise JobTimeoutError(message, job_id=job_id, last_job=last)
 
     def iter_status(
         self, job_id: str, *, timeout: float, cancel: threading.Event | None = None
@@ -365,6 +262,17 @@ class Client(config.HoldsKey):
         model and size took (``durations``). A job resumed by id is read at once. Ends when
         the job is finished (after yielding it), at the deadline, or on ``cancel``.
         """
+        yield from self._status_reads(job_id, time.monotonic() + timeout, cancel, [])
+
+    def _status_reads(
+        self,
+        job_id: str,
+        deadline: float,
+        cancel: threading.Event | None,
+        failures: list[MiragicError],
+    ) -> Iterator[Job]:
+        """``iter_status`` up to a monotonic ``deadline``; ``failures`` holds the failed read
+        since the last good one (failed reads are retried)."""
         start = time.monotonic()
         submission = self._submissions.pop(job_id)
         if submission is None:
@@ -379,7 +287,7 @@ class Client(config.HoldsKey):
 
         def pause(seconds: float) -> bool:
             """Sleep up to the deadline; True when the wait should end instead."""
-            remaining = timeout - (time.monotonic() - start)
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return True
             if cancel is not None:
@@ -390,21 +298,26 @@ class Client(config.HoldsKey):
         first = plan.first_delay(elapsed=start - zero)
         if first > 0 and pause(first):
             return
-        failures = 0
         saw_progress = False
+        failed_reads = 0
         while True:
             delay: float
             try:
-                job = self.get_job(job_id)
+                with transport.deadline(deadline):
+                    job = self.get_job(job_id)
             except (APIConnectionError, RateLimitError, APIError) as exc:
                 if isinstance(exc, APIError) and 400 <= exc.status_code < 500:
                     raise  # e.g. 404: waiting longer will not help
-                failures += 1
+                if time.monotonic() < deadline:  # not merely cut off by the deadline itself
+                    failures[:] = [exc]
+                failed_reads += 1
                 log.warning("status read for job %s failed (%s); retrying", job_id, exc)
                 retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-                delay = retry_after or min(0.5 * 2**failures, self.poll_schedule.max_delay)
+                backoff = min(0.5 * 2 ** min(failed_reads, 16), self.poll_schedule.max_delay)
+                delay = min(retry_after or backoff, transport.MAX_READ_RETRY_AFTER_S)
             else:
-                failures = 0
+                failures.clear()
+                failed_reads = 0
                 if job.is_completed:
                     self._learn_duration(job, submission, progress=saw_progress)
                 saw_progress = saw_progress or job.progress is not None
@@ -424,10 +337,9 @@ class Client(config.HoldsKey):
             self.durations.observe(*submission.kind, seconds, progress=progress)
             return
         params = job.parameters
-        width, height = params.get("width", ""), params.get("height", "")
-        if params.get("model") and width.isdigit() and height.isdigit():
-            kind = (params["model"], int(width), int(height))
-            self.durations.observe(*kind, seconds, progress=progress)
+        width, height = _whole_number(params.get("width")), _whole_number(params.get("height"))
+        if params.get("model") and width is not None and height is not None:
+            self.durations.observe(params["model"], width, height, seconds, progress=progress)
 
     def download(self, job: Job, *, cancel: threading.Event | None = None) -> tuple[bytes, Job]:
         """Fetch a completed job's image bytes; returns them with the job they came from.
@@ -465,11 +377,14 @@ class Client(config.HoldsKey):
                 # 0: the connection broke; another 5xx: the file server failed (urllib3 has
                 # already spent its own retries on 502/503/504).
                 code = exc.status_code
-                transient = code == 0 or (code >= 500 and code not in _RETRIED_STATUSES)
+                transient = code == 0 or (code >= 500 and code not in transport.RETRIED_STATUSES)
                 if not transient or attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise
                 log.info("download of job %s failed (%s); retrying", job_id, exc)
-                if (cancel or threading.Event()).wait(0.25 * 2**attempt):
+                pause = 0.25 * 2**attempt
+                if cancel is None:
+                    transport.sleep(pause)
+                elif cancel.wait(min(pause, transport.time_left())):
                     raise  # cancelled (Ctrl-C, Cancel): no further request
         raise AssertionError("unreachable")
 
@@ -523,16 +438,19 @@ class Client(config.HoldsKey):
     ) -> GeneratedImage:
         """``generate`` for a ready ``GenerationRequest``; ``on_created`` sees the job id first."""
         started = time.monotonic()
-        if timeout is not None:
-            _check_timeout(timeout)  # before the job is paid for, not after
+        # Checked before the job is paid for, not after.
+        limit = self.timeout if timeout is None else _check_timeout(timeout)
         if reuse and self.history is not None:
             saved = self.history.reuse(request, base_url=self.base_url)
             if saved is not None:
                 log.info("reused job %s from history", saved.metadata.get("job_id"))
                 return saved
-        with deferred_interrupt():  # a Ctrl-C now would lose the id of a job already paid for
+        # A Ctrl-C while the create is on the wire waits until the id is recorded: otherwise it
+        # would lose the id of a job already paid for.
+        with deferred_interrupt(), transport.deadline(started + limit):
             job = self.submit(request)
-            self._record(lambda h: h.record_created(job.id, request, base_url=self.base_url))
+            recorded = _without_userinfo(request)
+            self._record(lambda h: h.record_created(job.id, recorded, base_url=self.base_url))
         if on_created is not None:
             on_created(job)
         try:
@@ -540,7 +458,7 @@ class Client(config.HoldsKey):
                 job,
                 request,
                 started=started,
-                timeout=timeout,
+                timeout=limit,
                 on_progress=on_progress,
                 cancel=cancel,
             )
@@ -564,35 +482,79 @@ class Client(config.HoldsKey):
         """Wait for an existing job and return its image (no new job is created).
 
         ``request`` supplies the metadata; without it, the server's recorded parameters do.
+        ``timeout`` counts from ``started`` (default: now) and covers the download too.
         """
         started = time.monotonic() if started is None else started
+        limit = self.timeout if timeout is None else _check_timeout(timeout)
+        deadline = started + limit
         job_id = job.id if isinstance(job, Job) else _check_job_id(job)
         try:
-            done = self.wait(job, timeout=timeout, on_progress=on_progress, cancel=cancel)
-            data, done = self.download(done, cancel=cancel)
+            with transport.deadline(deadline):
+                done = self._wait(job, deadline, limit, on_progress=on_progress, cancel=cancel)
+                data, done = self.download(done, cancel=cancel)
             metadata = self._metadata(done, request, elapsed=time.monotonic() - started)
             image = GeneratedImage.from_bytes(data, metadata, max_pixels=self.max_pixels)
-        except MiragicError as exc:
-            exc.job_id = exc.job_id or job_id
-            status, message = _final_status(exc, cancel)
-            self._record(lambda h: h.record_status(job_id, status, error_message=message))
-            raise
+        except Exception as exc:
+            error = self._ended(exc, job_id, deadline=deadline, limit=limit, cancel=cancel)
+            if error is exc:
+                raise
+            raise error from exc
         if image.size != (metadata["width"], metadata["height"]):
             image.info["miragic"]["size_mismatch"] = True
         image.info["miragic"]["image_size"] = list(image.size)
         self._record(lambda h: h.record_result(image))
         return image
 
+    def _ended(
+        self,
+        exc: Exception,
+        job_id: str,
+        *,
+        deadline: float,
+        limit: float,
+        cancel: threading.Event | None,
+    ) -> MiragicError:
+        """The error a generation that failed with ``exc`` ends in, recorded in the history.
+
+        Only ``MiragicError`` leaves the client: anything else (a server answer no reader
+        foresaw) becomes one, with the job id. A download cut off by the deadline is the job
+        not finishing in time.
+        """
+        error: MiragicError
+        if not isinstance(exc, MiragicError):
+            error = MiragicError(
+                f"unexpected {type(exc).__name__} while finishing job {job_id}: "
+                f"{server_text(str(exc), 80)}"
+            )
+        elif isinstance(exc, (JobFailedError, JobTimeoutError)) or time.monotonic() < deadline:
+            error = exc
+        else:
+            error = JobTimeoutError(
+                f"job {job_id} did not finish within {limit:g}s ({server_text(exc.message, 90)}); "
+                f"it may still finish: client.finish({job_id!r}) picks it up",
+                job_id=job_id,
+            )
+        error.job_id = error.job_id or job_id
+        status, message = _final_status(error, cancel)
+        self._record(lambda h: h.record_status(job_id, status, error_message=message))
+        return error
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _record(self, write: Callable[[History], object]) -> None:
-        """Write to the history; a disk problem is logged, never allowed to lose the job."""
+        """Write to the history; whatever goes wrong there is logged and never replaces the
+        job's own outcome (a disk problem, or a record it cannot store)."""
         if self.history is None:
             return
         try:
             write(self.history)
-        except OSError as exc:
-            log.warning("could not write the job history in %s: %s", self.history.home, exc)
+        except Exception as exc:
+            log.warning(
+                "could not write the job history in %s: %s: %s",
+                self.history.home,
+                type(exc).__name__,
+                server_text(str(exc)),
+            )
 
     def _require_key(self) -> None:
         if self._api_key is None:
@@ -610,7 +572,8 @@ class Client(config.HoldsKey):
         return {
             "job_id": job.id,
             **request.describe(),
-            "result_url": job.result_url,
+            "image_url": transport.strip_userinfo(request.image_url) if request.image_url else None,
+            "result_url": transport.strip_userinfo(job.result_url) if job.result_url else None,
             "elapsed_s": round(elapsed, 3),
             "processing_s": job.processing_seconds,
             "credits_used": job.credits_used,
@@ -621,76 +584,30 @@ class Client(config.HoldsKey):
     def _send(
         self, method: str, url: str, *, job_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """The one choke point: send, then turn every failure into a typed error."""
-        try:
-            response = self._session.request(
-                method, url, timeout=self._timing.as_tuple(), allow_redirects=False, **kwargs
-            )
-        except requests.RequestException as exc:
-            if _is_read_timeout(exc):
-                message = f"{self.base_url} did not answer within {self._timing.read:g}s"
-            elif isinstance(exc, requests.ConnectionError) and _never_connected(exc):
-                message = f"could not reach {self.base_url}: {_reason(exc)}"
-            else:
-                message = f"request to {self.base_url} failed: {_reason(exc)}"
-            if method == "POST" and not _never_connected(exc):
-                # The create may have reached the server; it is never sent twice (decision 8).
-                message += "; a job may have been created all the same (never sent twice)"
-            raise APIConnectionError(message, job_id=job_id) from None
-        with response:
-            return _parse_json(response, job_id=job_id)
+        """The one choke point for API calls: a JSON object, or one typed error."""
+        return transport.request_json(
+            self._session,
+            method,
+            url,
+            server=self.base_url,
+            timing=self._timing.as_tuple(),
+            job_id=job_id,
+            **kwargs,
+        )
 
     def _fetch(self, url: str, *, job_id: str) -> bytes:
-        """Stream a result image with a size cap; the session keeps the key on its origin."""
-        try:
-            with self._session.get(
-                url,
-                timeout=self._timing.as_tuple(),
-                stream=True,
-                allow_redirects=True,
-                headers={"Accept": "image/*"},
-            ) as response:
-                if response.status_code >= 400:
-                    raise DownloadError(
-                        f"result download answered {response.status_code}",
-                        status_code=response.status_code,
-                        job_id=job_id,
-                    )
-                return self._read_capped(response, job_id=job_id)
-        except requests.RequestException as exc:
-            raise DownloadError(
-                f"result download failed: {_reason(exc)}", status_code=0, job_id=job_id
-            ) from None
+        """A result image's bytes, size-capped; the session keeps the key on its origin."""
+        return transport.fetch_bytes(
+            self._session,
+            url,
+            timing=self._timing.as_tuple(),
+            max_bytes=self.max_download_bytes,
+            job_id=job_id,
+        )
 
-    def _read_capped(self, response: requests.Response, *, job_id: str) -> bytes:
-        declared = response.headers.get("Content-Length")
-        expected = int(declared) if declared and declared.isdigit() else None
-        if expected is not None and expected > self.max_download_bytes:
-            raise DownloadError(
-                f"result is {expected:,} bytes, over the {self.max_download_bytes:,}-byte cap",
-                status_code=response.status_code,
-                job_id=job_id,
-            )
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > self.max_download_bytes:
-                raise DownloadError(
-                    f"result exceeds the {self.max_download_bytes:,}-byte cap",
-                    status_code=response.status_code,
-                    job_id=job_id,
-                )
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        encoded = response.headers.get("Content-Encoding", "identity").lower()
-        if expected is not None and encoded == "identity" and len(data) != expected:
-            raise DownloadError(
-                f"result download was cut short: {len(data):,} of {expected:,} bytes",
-                status_code=response.status_code,
-                job_id=job_id,
-            )
-        return data
+
+#: A whole number as ASCII digits (``str.isdigit`` also accepts "²", which int() refuses).
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def _check_job_id(job_id: object) -> str:
@@ -726,93 +643,6 @@ def _check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
-def _is_read_timeout(exc: BaseException) -> bool:
-    """requests reports an exhausted urllib3 read timeout as a ConnectionError; find it."""
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the errors nested in it (args, ``reason``, cause), outermost first."""
-    chain = [exc]
-    while True:
-        inner = chain[-1]
-        nested = [arg for arg in inner.args if isinstance(arg, BaseException)]
-        reason = getattr(inner, "reason", None)
-        following = (
-            nested[-1]
-            if nested
-            else reason
-            if isinstance(reason, BaseException)
-            else inner.__cause__ or inner.__context__
-        )
-        if following is None or any(following is seen for seen in chain):
-            return chain
-        chain.append(following)
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True when the connection never opened, so the server certainly saw no request."""
-    unsent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
-    return isinstance(exc, requests.ConnectTimeout) or any(
-        isinstance(inner, unsent) for inner in _chain(exc)
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    """A short cause for a transport error: its innermost error, e.g. "Connection refused".
-
-    requests and urllib3 nest errors three deep and repeat each one's repr in the next one's
-    message; only the innermost says what happened, without URLs or object addresses.
-    """
-    inner = _chain(exc)[-1]
-    if isinstance(inner, OSError) and inner.strerror:
-        text = inner.strerror
-    else:
-        text = str(inner) or type(inner).__name__
-        text = text.rsplit(": ", 1)[-1] if "object at 0x" in text else text
-    return body_excerpt(text, limit=160) or type(exc).__name__
-
-
-def _parse_json(response: requests.Response, *, job_id: str | None) -> dict[str, Any]:
-    status = response.status_code
-    text = response.text
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    message = message_from_body(body) or body_excerpt(text) or response.reason or "no details"
-    if status in (401, 403):
-        raise AuthenticationError(
-            f"the API refused the key ({status}): {message}", status_code=status, job_id=job_id
-        )
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
-        raise RateLimitError(
-            f"rate limited by the API{hint}: {message}", retry_after=retry_after, job_id=job_id
-        )
-    if status in (400, 422):
-        raise InvalidRequestError(
-            f"the API rejected the request ({status}): {message}",
-            status_code=status,
-            job_id=job_id,
-        )
-    if status >= 300:
-        raise APIError(f"the API answered {status}: {message}", status_code=status, job_id=job_id)
-    if not isinstance(body, dict):
-        raise APIError(
-            f"the API answered {status} with a body that is not a JSON object: {message}",
-            status_code=status,
-            job_id=job_id,
-        )
-    if body.get("success") is False:
-        raise APIError(f"the API reported failure: {message}", status_code=status, job_id=job_id)
-    return body
-
-
 def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[str, str | None]:
     """The history status (and message) for a wait that ended in ``exc``."""
     if isinstance(exc, JobFailedError):
@@ -820,6 +650,23 @@ def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[st
     if isinstance(exc, JobTimeoutError):
         return (CANCELLED if cancel is not None and cancel.is_set() else TIMEOUT), None
     return ERROR, str(exc)
+
+
+def _whole_number(text: str | None) -> int | None:
+    """A recorded parameter as a whole number, when it is written in ASCII digits.
+
+    ``str.isdigit`` also accepts "²", which ``int`` refuses: a server's odd parameter must
+    never break a resume.
+    """
+    text = (text or "").strip()
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
+    """The request as the history may keep it: no ``user:password@`` in its image URL."""
+    if request.image_url is None:
+        return request
+    return replace(request, image_url=transport.strip_userinfo(request.image_url))
 
 
 def _request_from_job(job: Job) -> GenerationRequest:
@@ -831,23 +678,22 @@ def _request_from_job(job: Job) -> GenerationRequest:
         value = params.get(name, "").lower()
         return {"true": True, "false": False}.get(value)
 
-    def number(name: str, default: int) -> int:
-        value = params.get(name, "")
-        return int(value) if value.isdigit() else default
-
-    seed = params.get("seed", "")
     try:
         return GenerationRequest(
             prompt,
             model=params.get("model") or "flux",
-            width=number("width", 1024),
-            height=number("height", 1024),
+            width=_whole_number(params.get("width")) or 1024,
+            height=_whole_number(params.get("height")) or 1024,
             image_url=params.get("image_url") or None,
-            seed=int(seed) if seed.isdigit() else None,
+            seed=_whole_number(params.get("seed")),
             enhance=flag("enhance"),
             safe=flag("safe"),
             private=flag("private"),
             nologo=flag("nologo"),
         )
     except InvalidRequestError:
+        pass
+    try:
         return GenerationRequest(prompt)
+    except InvalidRequestError:
+        return GenerationRequest("(unknown prompt)")

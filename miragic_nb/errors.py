@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from .jobs import Job
 
 _EXCERPT_CHARS = 160
+#: How much of a body is searched for a title or stripped of tags (the rest is never shown).
+_BODY_SCAN_CHARS = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Longest server ``errorMessage`` kept for the history and ``JobFailedError.server_message``.
+SERVER_MESSAGE_CHARS = 300
 
 
 class MiragicError(Exception):
@@ -107,7 +112,10 @@ class JobFailedError(MiragicError):
     def __init__(self, message: str, *, job: Job) -> None:
         super().__init__(message, job_id=job.id)
         self.job = job
-        self.server_message = job.error_message
+        #: The server's reason, shortened to one line (``job.error_message`` has it whole).
+        self.server_message = (
+            server_text(job.error_message, SERVER_MESSAGE_CHARS) if job.error_message else None
+        )
 
 
 class JobTimeoutError(MiragicError, TimeoutError):
@@ -116,6 +124,21 @@ class JobTimeoutError(MiragicError, TimeoutError):
     def __init__(self, message: str, *, job_id: str, last_job: Job | None = None) -> None:
         super().__init__(message, job_id=job_id)
         self.last_job = last_job
+
+
+def server_text(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """Any text a server sent, as one line of at most ``limit`` characters.
+
+    The one place server text is shortened before it is shown: an error message, a job id,
+    a reason phrase. Control characters become spaces; the text is otherwise kept as sent
+    (it is escaped wherever it becomes HTML).
+    """
+    # Only the head can be shown: never split or scan a megabyte to show 160 characters.
+    head = text[: limit * 4 + 64]
+    line = " ".join(_CONTROL.sub(" ", head).split())
+    if len(line) <= limit and len(head) == len(text):
+        return line
+    return line[: limit - 1] + "…"
 
 
 class HistoryError(MiragicError, OSError):
@@ -133,14 +156,14 @@ class HistoryTooNewError(HistoryError):
 
 def body_excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
     """A short single line from a response body, so a proxy's HTML page cannot flood output."""
+    text = text[:_BODY_SCAN_CHARS]
     title = re.search(r"<title[^>]*>(.*?)</title>", text, flags=re.IGNORECASE | re.DOTALL)
     if title and title.group(1).strip():
         text = title.group(1)
     else:
         text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
         text = re.sub(r"<[^>]+>", " ", text)
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return server_text(text, limit)
 
 
 def message_from_body(body: Any) -> str | None:
@@ -154,7 +177,7 @@ def message_from_body(body: Any) -> str | None:
         for key in ("message", "error", "errorMessage"):
             value = candidate.get(key)
             if isinstance(value, str) and value.strip():
-                return body_excerpt(value, limit=300)
+                return body_excerpt(value)
             if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return body_excerpt(value["message"], limit=300)
+                return body_excerpt(value["message"])
     return None

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DownloadError
 from .provenance import METADATA_KEY, provenance
@@ -23,6 +23,10 @@ from .provenance import METADATA_KEY, provenance
 MAX_PIXELS = 4096 * 4096
 #: Mimetypes IPython frontends render natively, by Pillow format name.
 _MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+#: The only formats a result is decoded as. Pillow would otherwise try every format it knows:
+#: an EPS result would run Ghostscript on the server's PostScript, and rarer decoders (DDS,
+#: TIFF, ICO ...) are more code exposed to hostile bytes for images the API never sends.
+RESULT_FORMATS = tuple(_MIMETYPES)
 
 
 class GeneratedImage(Image.Image):
@@ -119,13 +123,16 @@ class GeneratedImage(Image.Image):
 
 
 def decode(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode image bytes, refusing oversized images before their pixels are decompressed."""
+    """Decode JPEG, PNG, WEBP or GIF bytes, refusing oversized images before decompressing.
+
+    Anything else, and any failure inside the decoder, is a ``DownloadError``.
+    """
     if not data:
         raise DownloadError("the result is empty, not an image", status_code=200)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=RESULT_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise DownloadError(
@@ -141,22 +148,24 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
             f"the result looks like a decompression bomb; refused before decoding ({exc})",
             status_code=200,
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        kind = _sniff(data)
+    except Exception as exc:
+        # Decoders fed hostile bytes fail in many ways (OSError, SyntaxError, struct.error,
+        # IndexError ...): each one means "not a usable image".
         raise DownloadError(
-            f"the result is not a decodable image ({kind}): {type(exc).__name__}",
+            f"the result is not a decodable image ({_sniff(data)}): {type(exc).__name__}",
             status_code=200,
         ) from None
     return image
 
 
 def _sniff(data: bytes) -> str:
+    """What the bytes look like, in our words: never the server's bytes themselves."""
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml")):
         return "an HTML/XML page"
     if head.startswith((b"{", b"[")):
         return "a JSON document"
-    return f"{len(data)} bytes starting {data[:8]!r}"
+    return f"{len(data):,} bytes, not {'/'.join(RESULT_FORMATS)}"
 
 
 #: Bytes of pixels hashed at a time by ``_digest``.

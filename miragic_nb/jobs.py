@@ -6,11 +6,14 @@ finished yet"; status strings are compared case-insensitively; extra fields are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urljoin
+
+from .errors import APIError
 
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"
@@ -31,11 +34,15 @@ class Job:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, base_url: str | None = None) -> Job:
-        """Build a Job from the ``data`` object of a create or status answer."""
-        job_id = record.get("id") or record.get("jobId")
-        if not isinstance(job_id, str) or not job_id:
-            raise ValueError("job record has no id")
-        status = str(record.get("status") or PENDING).strip().upper()
+        """Build a Job from the ``data`` object of a create or status answer.
+
+        Every field but the id is read tolerantly (an odd value is as good as none); a record
+        without an id is an ``APIError``.
+        """
+        job_id = job_id_of(record)
+        if job_id is None:
+            raise APIError("job record has no id", status_code=200)
+        status = (_text(record.get("status")) or PENDING).upper()
         return cls(
             id=job_id,
             status=status,
@@ -79,17 +86,36 @@ class Job:
         return {str(k): "" if v is None else str(v) for k, v in params.items()}
 
 
+def job_id_of(record: Mapping[str, Any]) -> str | None:
+    """The job id a record names (``id``, else ``jobId``): a non-empty string or an integer."""
+    for key in ("id", "jobId"):
+        value = record.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            # A number is still the job's name; str() of a huge int is refused by Python.
+            return str(value) if abs(value) < 10**100 else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
 def _number(value: object) -> float | None:
+    """A finite number from a number or a numeric string (``"42%"``); anything else is None."""
     if isinstance(value, bool) or value is None:
         return None
+    number: float
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return float(value.strip().rstrip("%"))
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            return None
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip().rstrip("%"))
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _progress(value: object, status: str) -> float | None:
@@ -113,7 +139,10 @@ def _result_url(record: Mapping[str, Any], base_url: str | None) -> str | None:
     for candidate in (record.get("processedImageUrl"), record.get("imageUrl"), link):
         url = _text(candidate)
         if url:
-            return urljoin(base_url + "/", url) if base_url else url
+            try:
+                return urljoin(base_url + "/", url) if base_url else url
+            except ValueError:  # e.g. "http://[": not a URL at all
+                continue
     return None
 
 
@@ -123,11 +152,12 @@ def _timestamp(value: object) -> datetime | None:
         try:
             return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            number = _number(value)
-            if number is None:
-                return None
-            value = number
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = value / 1000 if value > 1e11 else value
+            pass  # perhaps a number as a string
+    number = _number(value)
+    if number is None:
+        return None
+    seconds = number / 1000 if number > 1e11 else number
+    try:
         return datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return None
+    except (OverflowError, OSError, ValueError):  # no calendar holds it
+        return None

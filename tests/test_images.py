@@ -66,12 +66,12 @@ def test_edited_pixels_are_not_shown_as_the_old_bytes() -> None:
     assert shown.getpixel((2, 2))[0] > 200  # the edit is visible
 
 
-def test_formats_frontends_cannot_show_are_reencoded_once() -> None:
-    image = GeneratedImage.from_bytes(encoded("BMP"), {})
-    assert image.mimetype is None
-    bundle, _ = image.display_bundle()
-    assert set(bundle) == {"image/jpeg", "text/plain"}
-    assert Image.open(io.BytesIO(bundle["image/jpeg"])).format == "JPEG"
+def test_only_formats_frontends_can_show_are_decoded() -> None:
+    # Every result is JPEG, PNG, WEBP or GIF, shown as its own bytes; a BMP is refused.
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF"):
+        assert GeneratedImage.from_bytes(encoded(fmt), {}).mimetype == f"image/{fmt.lower()}"
+    with pytest.raises(DownloadError, match="not JPEG/PNG/GIF/WEBP"):
+        GeneratedImage.from_bytes(encoded("BMP"), {})
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from miragic_nb.errors import APIError
 from miragic_nb.jobs import Job
 
 # The reference's two example bodies, verbatim (its Python-dict rendering turned into JSON).
@@ -150,5 +151,5 @@ def test_created_at_accepts_iso_and_unix(value: object, expected: datetime | Non
 
 
 def test_record_without_id_is_refused() -> None:
-    with pytest.raises(ValueError, match="no id"):
+    with pytest.raises(APIError, match="no id"):
         Job.from_record({"status": "PENDING"})

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from PIL import Image
 
+from .described_image import DescribedImage
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .filenames import safe_stem
 from .progress import JobProgress, WidgetProgress, make_progress
@@ -109,11 +110,12 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
 
     def __init__(self, image: GeneratedImage) -> None:
         self.result = image
-        self.thumbnail = widgets.Image(
+        self.thumbnail = DescribedImage(
             value=thumbnail_jpeg(image),
             format="jpeg",
             layout=widgets.Layout(max_width=f"{THUMBNAIL_PX}px", height="auto"),
         )
+        self.thumbnail.describe(image)
         meta = image.metadata
         prompt = str(meta.get("prompt", ""))
         self.caption = widgets.HTML(
@@ -252,7 +254,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         )
         self.status = widgets.HTML()
         self.progress_area = widgets.VBox()
-        self.result_image = widgets.Image(
+        self.result_image = DescribedImage(
             format="jpeg", layout=widgets.Layout(max_width="100%", height="auto", display="none")
         )
         self.result_caption = widgets.HTML()
@@ -431,6 +433,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._selected = image
         self.result_image.format = (image.format or "jpeg").lower()
         self.result_image.value = image.original_bytes  # the server's bytes, not a re-encode
+        self.result_image.describe(image)
         self.result_image.layout.display = None
         self.result_image.width = str(min(image.width, RESULT_PX))
         prompt = str(image.metadata.get("prompt", ""))

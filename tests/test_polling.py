@@ -190,6 +190,16 @@ def test_without_progress_the_job_is_read_at_the_learned_ends_then_less_and_less
         now += delay
 
 
+def test_learned_ends_close_together_are_not_read_in_a_flurry() -> None:
+    schedule = PollSchedule(min_delay=0.01, merge_gap=0.05, read_cost=0.001, end_margin=0.0)
+    ends = (3.0, 3.02, 3.04, 3.06)
+    expected = DurationEstimate(3.0, 3.06, 4, False, tuple((d, 0.25) for d in ends))
+    plan = schedule.plan(create_seconds=0.0, expected=expected)
+    assert plan.first_delay(elapsed=0.0) == pytest.approx(3.0)
+    assert plan.read_points[:4] == pytest.approx(ends)  # cheap reads: every end is planned
+    assert plan.next_delay(elapsed=3.0, progress=None) == pytest.approx(0.05 * 3.0)
+
+
 @pytest.mark.parametrize(
     ("durations", "read_cost", "reads"),
     [

@@ -88,7 +88,8 @@ class PollSchedule:
     #: (how late the caller may be, relative to the job's length); past the longest learned
     #: duration the gap therefore grows geometrically, by ``1 + relative_gap`` a read.
     relative_gap: float = 0.25
-    #: Learned read points closer together than this fraction of the time elapsed are merged.
+    #: Without progress, the shortest gap between two reads as a fraction of the time elapsed:
+    #: learned ends closer together than that are read once.
     merge_gap: float = 0.05
     #: What one status read is worth in seconds of lateness, as a fraction of the spread of the
     #: learned durations: the price :func:`plan_reads` weighs reads against waiting with.
@@ -204,7 +205,7 @@ class PollPlan:
                 # Too vague to sleep to its end: read again when a reading will be sharper.
                 delay = max(schedule.refine_fraction * (low - elapsed), schedule.precision / 2)
         elif self.create_seconds is not None and self.expected is not None:
-            delay = self._expected_step(elapsed, self.expected, self.create_seconds)
+            delay = self._expected_step(elapsed, self.expected)
         else:
             delay = schedule.backoff(self.reads)
         if self.overdue_reads:
@@ -263,13 +264,12 @@ class PollPlan:
         high = now + (100.0 - progress) * (now - start_min) / slowest_gain
         return (low, high)
 
-    def _expected_step(
-        self, elapsed: float, expected: DurationEstimate, create_seconds: float
-    ) -> float:
+    def _expected_step(self, elapsed: float, expected: DurationEstimate) -> float:
         """No progress, learned durations: the next learned read point, then geometric backoff.
 
-        Whatever the point, the gap stays within [``merge_gap``, ``relative_gap``] of the time
-        elapsed, so a job is read late by at most that fraction of its age.
+        Once the first point has passed, every gap stays within [``merge_gap``,
+        ``relative_gap``] of the time elapsed, so a job is read late by at most that fraction
+        of its age.
         """
         schedule = self.schedule
         points = self._read_points(expected)

@@ -160,7 +160,7 @@ class Client(config.HoldsKey):
     def submit(self, request: GenerationRequest) -> Job:
         """Send an already validated request to the create endpoint, exactly once."""
         self._require_key()
-        # multipart/form-data like the reference's curl examples (contract decision 1).
+        # multipart/form-data like the reference's curl examples (docs/api-contract.md, D1).
         files = {name: (None, value) for name, value in request.form_fields().items()}
         sent_at = time.monotonic()
         body = self._send("POST", self.base_url + CREATE_PATH, files=files)

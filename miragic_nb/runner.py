@@ -1,7 +1,7 @@
 """Run a blocking ``Client.run`` without blocking the event loop, with callbacks on the loop.
 
 The panel must never freeze the kernel, and every widget update must happen on the kernel's
-own thread (output routing from threads broke in ipykernel 7.0; see design.md). So a job runs
+own thread (output routing from threads broke in ipykernel 7.0 and came back in 7.1). So a job runs
 as ``Client.run`` -- the same create / poll (``PollSchedule``) / download path the magic uses,
 history included -- in a worker thread, while an asyncio task on the caller's loop awaits it.
 The ``on_created`` and ``on_progress`` callbacks are handed back to that loop with

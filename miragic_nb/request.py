@@ -7,8 +7,8 @@ inputs with the same messages, and a refused request costs nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequestError
@@ -26,6 +26,20 @@ MIN_SIDE = 256
 MAX_SIDE = 2048
 #: Optional switches the API records; sent only when set explicitly (api-contract D3).
 FLAGS = ("enhance", "safe", "private", "nologo")
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of a request besides its prompt, as keyword arguments (``generate``)."""
+
+    model: str
+    width: int
+    height: int
+    image_url: str | None
+    seed: int | None
+    enhance: bool | None
+    safe: bool | None
+    private: bool | None
+    nologo: bool | None
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,6 @@ class GenerationRequest:
             "image_url": self.image_url,
             "options": {flag: getattr(self, flag) for flag in FLAGS},
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """All parameters, including unset ones as None (for metadata and reuse keys)."""
-        return asdict(self)
 
 
 def parse_decimal(text: str) -> int | None:

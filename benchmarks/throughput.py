@@ -69,7 +69,7 @@ def jobs_per_second(url: str, threads: int, seconds: float) -> float:
 
     def loop(slot: int) -> None:
         while time.monotonic() < stop:
-            client.run(request, timeout=60)
+            client.generate(request, timeout=60)
             done[slot] += 1
 
     started = time.monotonic()

@@ -10,7 +10,9 @@ When no key and no base URL are configured anywhere, and the offline fallback is
 emulator**: one per process, started lazily on loopback with a random key, stopped at exit.
 Its images carry ``info["miragic"]["emulator"] = True``.
 
-The session key lives in this module's memory only; it is never written anywhere.
+The session key lives in this module's memory only; it is never written anywhere. Every face
+resolves from the same ``Settings`` (the magic's ``%config Miragic.*``), and deciding whether
+the emulator would be used (``uses_emulator``) starts nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +32,7 @@ from .errors import MissingAPIKeyError
 
 if TYPE_CHECKING:
     from .emulator import Emulator
-    from .images import GeneratedImage
-    from .jobs import Job
     from .polling import PollSchedule
-    from .request import GenerationRequest
 
 ENV_OFFLINE_FALLBACK = "MIRAGIC_OFFLINE_FALLBACK"
 #: Seconds each built-in emulator job takes: long enough to see the progress bar.
@@ -55,8 +54,21 @@ _clients: OrderedDict[tuple[Any, ...], Client] = OrderedDict()
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What every face resolves its client from: the magic's ``%config Miragic.*`` values, or
+    the defaults (empty ``base_url``/``home``: ``MIRAGIC_BASE_URL``/``MIRAGIC_HOME``, else
+    the built-in defaults)."""
+
+    base_url: str | None = None
+    home: str | None = None
+    timeout: float = config.DEFAULT_JOB_TIMEOUT_S
+    offline_fallback: bool = True
+    poll_schedule: PollSchedule | None = None
+
+
+@dataclass(frozen=True)
 class ResolvedClient:
-    """A client plus where its settings came from.
+    """A client for a face, and whether it is the built-in emulator's.
 
     ``notice`` is the one-time fallback message: set on the first resolution in this process
     that fell back to the built-in emulator, ``None`` afterwards; the face shows it.
@@ -64,27 +76,7 @@ class ResolvedClient:
 
     client: Client
     is_emulator: bool
-    source: str
     notice: str | None = None
-
-
-class EmulatorClient(Client):
-    """A client for the built-in emulator: every image it returns is labelled as such."""
-
-    def run(self, request: GenerationRequest, **options: Any) -> GeneratedImage:
-        image = super().run(request, **options)  # may be a result reused from the history
-        image.info["miragic"]["emulator"] = True
-        return image
-
-    def finish(
-        self,
-        job: Job | str,
-        request: GenerationRequest | None = None,
-        **options: Any,
-    ) -> GeneratedImage:
-        image = super().finish(job, request, **options)
-        image.info["miragic"]["emulator"] = True
-        return image
 
 
 # -- the session key (%miragic login) --------------------------------------------------------
@@ -105,10 +97,6 @@ def clear_session_key() -> None:
     global _session_key
     with _lock:
         _session_key = None
-
-
-def has_session_key() -> bool:
-    return _session_key is not None
 
 
 # -- the built-in emulator ---------------------------------------------------------------------
@@ -195,33 +183,32 @@ def resolve_client(
 
     history_home = default_home(home)
     global _notice_given
-    key, key_source = _pick_key(api_key)
-    explicit_url = base_url or os.environ.get(config.ENV_BASE_URL) or None
-    url_source = "argument" if base_url else config.ENV_BASE_URL if explicit_url else "default"
+    key = _pick_key(api_key)[0]
     with _lock:
-        use_emulator = _prefer_emulator or (
-            key is None and explicit_url is None and fallback_enabled(offline_fallback)
-        )
-        if use_emulator:
+        if _uses_emulator(api_key=api_key, base_url=base_url, offline_fallback=offline_fallback):
             emulator = builtin_emulator()
             notice = None
             if not _prefer_emulator and not _notice_given:
                 _notice_given = True
                 notice = FALLBACK_NOTICE
-            why = "%miragic emulator start" if _prefer_emulator else "no key configured"
-            client = _cached(
-                ("builtin", emulator.url, timeout, repr(poll_schedule), history_home),
-                lambda: EmulatorClient(
+
+            def make_emulator_client() -> Client:
+                client = Client(
                     api_key=emulator.api_key,
                     base_url=emulator.url,
                     timeout=timeout,
                     poll_schedule=poll_schedule,
                     history=History(history_home),
-                ),
+                )
+                client.engine.emulator = True  # every result it makes says so
+                return client
+
+            client = _cached(
+                ("builtin", emulator.url, timeout, repr(poll_schedule), history_home),
+                make_emulator_client,
             )
-            return ResolvedClient(
-                client, True, f"built-in emulator at {emulator.url} ({why})", notice
-            )
+            return ResolvedClient(client, True, notice)
+    explicit_url = _explicit_base_url(base_url)
     if key is None:
         raise MissingAPIKeyError(_missing_key_message(explicit_url), field="api_key")
     resolved_url = config.base_url_from_env(explicit_url)
@@ -235,9 +222,44 @@ def resolve_client(
             history=History(history_home),
         ),
     )
-    return ResolvedClient(
-        client, False, f"key from {key_source}; base URL {resolved_url} from {url_source}"
+    return ResolvedClient(client, False)
+
+
+def resolve(settings: Settings) -> ResolvedClient:
+    """``resolve_client`` for a face's ``Settings``."""
+    return resolve_client(
+        base_url=settings.base_url,
+        offline_fallback=settings.offline_fallback,
+        timeout=settings.timeout,
+        poll_schedule=settings.poll_schedule,
+        home=settings.home,
     )
+
+
+def uses_emulator(settings: Settings) -> bool:
+    """Whether resolving ``settings`` now would use the built-in emulator; starts nothing.
+
+    Raises ``MissingAPIKeyError`` as ``resolve`` would when neither a key nor the emulator
+    can serve.
+    """
+    emulator = _uses_emulator(
+        api_key=None, base_url=settings.base_url, offline_fallback=settings.offline_fallback
+    )
+    if not emulator and _pick_key(None)[0] is None:
+        message = _missing_key_message(_explicit_base_url(settings.base_url))
+        raise MissingAPIKeyError(message, field="api_key")
+    return emulator
+
+
+def _uses_emulator(*, api_key: str | None, base_url: str | None, offline_fallback: bool) -> bool:
+    if _prefer_emulator:
+        return True
+    no_key = _pick_key(api_key)[0] is None
+    return no_key and _explicit_base_url(base_url) is None and fallback_enabled(offline_fallback)
+
+
+def _explicit_base_url(base_url: str | None) -> str | None:
+    return base_url or os.environ.get(config.ENV_BASE_URL) or None
 
 
 def key_source() -> str | None:

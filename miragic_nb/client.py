@@ -1,25 +1,29 @@
-"""The Miragic API client: create a job (once), poll it, download and decode the result.
+"""The Miragic API client: the API calls, and the faces of the job engine for plain Python.
 
-Every API call goes through ``Client._send`` and every download through ``Client._fetch``,
-where every failure becomes one typed error (``errors.py``); the session, its retries, the
-deadlines and size caps live in ``transport.py``. Status reads and downloads retry connection
-errors, read errors, 429 and 502/503/504; the create ``POST`` retries only what certainly
-created no job (a connection that never opened, a 429). A whole generation runs under one
-deadline (``timeout``), which bounds every request and every wait inside it.
+The API calls are ``create`` (one ``POST``), ``get_job`` and ``wait`` (status reads, timed by
+``polling.py``) and ``download`` (the result's bytes). Every failure becomes one typed error
+(``errors.py``); the session, its retries, the deadlines and size caps live in
+``transport.py``. Status reads and downloads retry connection errors, read errors, 429 and
+502/503/504; the create ``POST`` retries only what certainly created no job (a connection that
+never opened, a 429).
+
+``generate``, ``submit`` and ``resume`` run jobs through the client's ``Engine``
+(``engine.py``), which reuses saved results, records every job in the history and keeps a whole
+generation under one deadline (``timeout``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import config, transport
+from .engine import Engine, JobHandle, JobState, check_timeout
 from .errors import (
     APIConnectionError,
     APIError,
@@ -32,10 +36,8 @@ from .errors import (
     RateLimitError,
     server_text,
 )
-from .history import CANCELLED, ERROR, FAILED, TIMEOUT, History
 from .images import MAX_PIXELS, GeneratedImage
-from .interrupts import deferred_interrupt
-from .jobs import Job, job_id_of
+from .jobs import Job, check_job_id, job_id_of
 from .polling import (
     DurationLearner,
     PollSchedule,
@@ -43,6 +45,12 @@ from .polling import (
     Submission,
 )
 from .request import GenerationRequest
+from .result_info import whole_number
+
+if TYPE_CHECKING:
+    import requests
+
+    from .history import History
 
 log = logging.getLogger("miragic_nb")
 
@@ -50,8 +58,6 @@ CREATE_PATH = "/api/v1/image/generate"
 JOB_PATH = "/api/v1/image/jobs/"
 #: Largest result body accepted; a 2048×2048 JPEG is a few MB.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-#: What a job id may look like (the API's are UUIDs); it becomes a URL path segment.
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -71,7 +77,23 @@ class Client(config.HoldsKey):
     """A client for the Miragic image API.
 
     ``api_key`` defaults to ``MIRAGIC_API_KEY``; ``base_url`` to ``MIRAGIC_BASE_URL``, else
-    ``https://backend.miragic.ai``. The key is sent only to the base URL's origin.
+    ``https://backend.miragic.ai``. The key is sent only to the base URL's origin, also with
+    your own ``session`` (a ``requests.Session``: its adapters serve other origins, ours serve
+    the API, and a redirect away from the API's origin drops the key).
+
+    Jobs (each new job costs a credit; every job is recorded in ``history``):
+
+    - ``generate(prompt, **options) -> GeneratedImage``: create, wait, download, decode. With
+      a ``seed``, a saved result of the very same request is returned for free
+      (``reuse=False`` forces a new job).
+    - ``submit(prompt, **options) -> Job``: create the job and return at once.
+    - ``get_job(job_id) -> Job``: one status read.
+    - ``wait(job_or_id, *, timeout, on_progress) -> Job``: poll until it is ``COMPLETED``.
+    - ``resume(job_or_id) -> GeneratedImage``: wait for an existing job and fetch its image,
+      from this kernel or another one (no new job).
+
+    ``prompt`` may also be a ready ``GenerationRequest``. Low level, without the history:
+    ``create(request) -> Job`` (the one ``POST``) and ``download(job) -> (bytes, Job)``.
     """
 
     def __init__(
@@ -87,15 +109,14 @@ class Client(config.HoldsKey):
         max_pixels: int = MAX_PIXELS,
         durations: DurationLearner | None = None,
         history: History | bool = True,
+        session: requests.Session | None = None,
     ) -> None:
         # Rebind the argument first: a traceback that captures locals (IPython's verbose mode,
         # capture_locals=True) then shows only the Secret, whatever fails below.
         api_key = _as_secret(api_key)
         self._api_key = api_key
         self.base_url = config.base_url_from_env(base_url)
-        #: Where job ids and results are recorded (``True``: ``MIRAGIC_HOME`` / platform dir).
-        self.history: History | None = History() if history is True else history or None
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.poll_schedule = poll_schedule or PollSchedule()
         # How long earlier jobs took per model and size, to time status reads (share one
         # learner between clients to pool what they saw).
@@ -104,7 +125,11 @@ class Client(config.HoldsKey):
         self.max_download_bytes = max_download_bytes
         self.max_pixels = max_pixels
         self._timing = _Timing(connect_timeout, read_timeout)
-        self._session = transport.make_session(self.base_url, CREATE_PATH, self._api_key)
+        self._session = transport.make_session(
+            self.base_url, CREATE_PATH, self._api_key, session=session
+        )
+        #: Runs this client's jobs: reuse, the history, deadlines, cancellation.
+        self.engine = Engine(self, history=_history(history))
 
     def __repr__(self) -> str:
         # getattr: a traceback may show a client whose __init__ raised half-way.
@@ -114,6 +139,12 @@ class Client(config.HoldsKey):
     @property
     def has_api_key(self) -> bool:
         return self._api_key is not None
+
+    @property
+    def history(self) -> History | None:
+        """Where job ids and results are recorded (``MIRAGIC_HOME`` / platform dir by
+        default; ``history=False``: nowhere)."""
+        return self.engine.history
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,41 +157,66 @@ class Client(config.HoldsKey):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the API ---------------------------------------------------------------------------
+    # -- jobs --------------------------------------------------------------------------------
 
-    def create_job(
+    def generate(
         self,
-        prompt: str,
+        prompt: str | GenerationRequest,
         *,
-        model: str = "flux",
-        width: int = 1024,
-        height: int = 1024,
-        image_url: str | None = None,
-        seed: int | None = None,
-        enhance: bool | None = None,
-        safe: bool | None = None,
-        private: bool | None = None,
-        nologo: bool | None = None,
-    ) -> Job:
-        """Start one generation (costs a credit) and return the ``PENDING`` job."""
-        request = GenerationRequest(
-            prompt,
-            model=model,
-            width=width,
-            height=height,
-            image_url=image_url,
-            seed=seed,
-            enhance=enhance,
-            safe=safe,
-            private=private,
-            nologo=nologo,
-        )
-        return self.submit(request)
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        reuse: bool = True,
+        **options: Any,
+    ) -> GeneratedImage:
+        """Create a job, wait for it, download and decode the image.
 
-    def submit(self, request: GenerationRequest) -> Job:
-        """Send an already validated request to the create endpoint, exactly once."""
+        ``options``: ``model`` ("flux"), ``width``/``height`` (1024), ``image_url``, ``seed``,
+        ``enhance``, ``safe``, ``private``, ``nologo``. The result is a ``PIL.Image.Image``
+        (``GeneratedImage``) whose ``info["miragic"]`` says how it was made and whose
+        ``original_bytes`` are the server's own. ``on_progress`` sees each status read.
+        """
+        request = _request(prompt, options)
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        handle = JobHandle(request)
+        if on_progress is not None:
+            handle.subscribe(_reporting(on_progress))
+        return self.engine.run(handle, timeout=limit, reuse=reuse)
+
+    def submit(self, prompt: str | GenerationRequest, **options: Any) -> Job:
+        """Start one generation (costs a credit), record its id, return the ``PENDING`` job."""
+        return self.engine.submit(_request(prompt, options))
+
+    def resume(
+        self,
+        job_or_id: Job | str,
+        *,
+        request: GenerationRequest | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> GeneratedImage:
+        """Wait for an existing job and return its image (no new job is created).
+
+        ``request`` supplies the metadata; without it, the server's recorded parameters do.
+        ``timeout`` covers the download too.
+        """
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else check_job_id(job_or_id)
+        handle = JobHandle(request, job_id=job_id)
+        if isinstance(job_or_id, Job):
+            handle.job = job_or_id
+        if on_progress is not None:
+            handle.subscribe(_reporting(on_progress))
+        return self.engine.run(handle, timeout=limit)
+
+    # -- the API calls -------------------------------------------------------------------------
+
+    def create(self, request: GenerationRequest) -> Job:
+        """Send an already validated request to the create endpoint, exactly once.
+
+        Low level: nothing is recorded; ``submit`` records the id.
+        """
         self._require_key()
-        # multipart/form-data like the reference's curl examples (contract decision 1).
+        # multipart/form-data like the reference's curl examples.
         files = {name: (None, value) for name, value in request.form_fields().items()}
         sent_at = time.monotonic()
         body = self._send("POST", self.base_url + CREATE_PATH, files=files)
@@ -184,7 +240,7 @@ class Client(config.HoldsKey):
     def get_job(self, job_id: str) -> Job:
         """Read a job's current status."""
         self._require_key()
-        job_id = _check_job_id(job_id)
+        job_id = check_job_id(job_id)
         body = self._send("GET", self.base_url + JOB_PATH + quote(job_id, safe=""), job_id=job_id)
         data = body.get("data")
         if not isinstance(data, dict):
@@ -210,26 +266,14 @@ class Client(config.HoldsKey):
         """Poll until the job is ``COMPLETED`` and return it.
 
         Raises ``JobFailedError`` for a ``FAILED`` job and ``JobTimeoutError`` after
-        ``timeout`` seconds (the job id is in both). Transient faults while polling (connection
-        errors, 5xx, 429, malformed answers) do not end the wait; they are retried until the
-        deadline. ``cancel``, when set, stops polling at the next step with ``JobTimeoutError``.
+        ``timeout`` seconds, or at the deadline of an enclosing job (the job id is in both).
+        Transient faults while polling (connection errors, 5xx, 429, malformed answers) do not
+        end the wait; they are retried until the deadline. ``cancel``, when set, stops
+        polling at the next step with ``JobTimeoutError``.
         """
-        limit = self.timeout if timeout is None else _check_timeout(timeout)
-        return self._wait(
-            job_or_id, time.monotonic() + limit, limit, on_progress=on_progress, cancel=cancel
-        )
-
-    def _wait(
-        self,
-        job_or_id: Job | str,
-        deadline: float,
-        limit: float,
-        *,
-        on_progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> Job:
-        """``wait`` until a monotonic ``deadline``, ``limit`` seconds after the work began."""
-        job_id = job_or_id.id if isinstance(job_or_id, Job) else _check_job_id(job_or_id)
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        deadline = time.monotonic() + min(limit, transport.time_left())
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else check_job_id(job_or_id)
         last: Job | None = job_or_id if isinstance(job_or_id, Job) else None
         failures: list[MiragicError] = []
         for job in self._status_reads(job_id, deadline, cancel, failures):
@@ -252,18 +296,6 @@ class Client(config.HoldsKey):
             message += f" (last status read: {server_text(failures[-1].message, 70)})"
         raise JobTimeoutError(message, job_id=job_id, last_job=last)
 
-    def iter_status(
-        self, job_id: str, *, timeout: float, cancel: threading.Event | None = None
-    ) -> Iterator[Job]:
-        """Yield each status read of a job, sleeping between reads per ``poll_schedule``.
-
-        A job this client just created is first read near its expected end: from the
-        server's progress once it reports some, else from how long earlier jobs of the same
-        model and size took (``durations``). A job resumed by id is read at once. Ends when
-        the job is finished (after yielding it), at the deadline, or on ``cancel``.
-        """
-        yield from self._status_reads(job_id, time.monotonic() + timeout, cancel, [])
-
     def _status_reads(
         self,
         job_id: str,
@@ -271,8 +303,15 @@ class Client(config.HoldsKey):
         cancel: threading.Event | None,
         failures: list[MiragicError],
     ) -> Iterator[Job]:
-        """``iter_status`` up to a monotonic ``deadline``; ``failures`` holds the failed read
-        since the last good one (failed reads are retried)."""
+        """Each status read of a job up to a monotonic ``deadline``, sleeping between reads
+        per ``poll_schedule``; ``failures`` holds the failed read since the last good one
+        (failed reads are retried).
+
+        A job this client just created is first read near its expected end: from the
+        server's progress once it reports some, else from how long earlier jobs of the same
+        model and size took (``durations``). A job resumed by id is read at once. Ends when
+        the job is finished (after yielding it), at the deadline, or on ``cancel``.
+        """
         start = time.monotonic()
         submission = self._submissions.pop(job_id)
         if submission is None:
@@ -337,7 +376,7 @@ class Client(config.HoldsKey):
             self.durations.observe(*submission.kind, seconds, progress=progress)
             return
         params = job.parameters
-        width, height = _whole_number(params.get("width")), _whole_number(params.get("height"))
+        width, height = whole_number(params.get("width")), whole_number(params.get("height"))
         if params.get("model") and width is not None and height is not None:
             self.durations.observe(params["model"], width, height, seconds, progress=progress)
 
@@ -388,173 +427,7 @@ class Client(config.HoldsKey):
                     raise  # cancelled (Ctrl-C, Cancel): no further request
         raise AssertionError("unreachable")
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        model: str = "flux",
-        width: int = 1024,
-        height: int = 1024,
-        image_url: str | None = None,
-        seed: int | None = None,
-        enhance: bool | None = None,
-        safe: bool | None = None,
-        private: bool | None = None,
-        nologo: bool | None = None,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        reuse: bool = True,
-    ) -> GeneratedImage:
-        """Create a job, wait for it, download and decode the image.
-
-        The result is a ``PIL.Image.Image`` (``GeneratedImage``) whose ``info["miragic"]``
-        says how it was made and whose ``original_bytes`` are the server's own. With an
-        explicit ``seed``, a saved result of the very same request is returned without a new
-        job (``reuse=False`` forces one).
-        """
-        request = GenerationRequest(
-            prompt,
-            model=model,
-            width=width,
-            height=height,
-            image_url=image_url,
-            seed=seed,
-            enhance=enhance,
-            safe=safe,
-            private=private,
-            nologo=nologo,
-        )
-        return self.run(request, timeout=timeout, on_progress=on_progress, reuse=reuse)
-
-    def run(
-        self,
-        request: GenerationRequest,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        on_created: Callable[[Job], None] | None = None,
-        cancel: threading.Event | None = None,
-        reuse: bool = True,
-    ) -> GeneratedImage:
-        """``generate`` for a ready ``GenerationRequest``; ``on_created`` sees the job id first."""
-        started = time.monotonic()
-        # Checked before the job is paid for, not after.
-        limit = self.timeout if timeout is None else _check_timeout(timeout)
-        if reuse and self.history is not None:
-            saved = self.history.reuse(request, base_url=self.base_url)
-            if saved is not None:
-                log.info("reused job %s from history", saved.metadata.get("job_id"))
-                return saved
-        # A Ctrl-C while the create is on the wire waits until the id is recorded: otherwise it
-        # would lose the id of a job already paid for.
-        with deferred_interrupt(), transport.deadline(started + limit):
-            job = self.submit(request)
-            recorded = _without_userinfo(request)
-            self._record(lambda h: h.record_created(job.id, recorded, base_url=self.base_url))
-        if on_created is not None:
-            on_created(job)
-        try:
-            return self.finish(
-                job,
-                request,
-                started=started,
-                timeout=limit,
-                on_progress=on_progress,
-                cancel=cancel,
-            )
-        except MiragicError as exc:
-            exc.job_id = exc.job_id or job.id
-            raise
-        except KeyboardInterrupt:
-            self._record(lambda h: h.record_status(job.id, CANCELLED))
-            raise
-
-    def finish(
-        self,
-        job: Job | str,
-        request: GenerationRequest | None = None,
-        *,
-        started: float | None = None,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GeneratedImage:
-        """Wait for an existing job and return its image (no new job is created).
-
-        ``request`` supplies the metadata; without it, the server's recorded parameters do.
-        ``timeout`` counts from ``started`` (default: now) and covers the download too.
-        """
-        started = time.monotonic() if started is None else started
-        limit = self.timeout if timeout is None else _check_timeout(timeout)
-        deadline = started + limit
-        job_id = job.id if isinstance(job, Job) else _check_job_id(job)
-        try:
-            with transport.deadline(deadline):
-                done = self._wait(job, deadline, limit, on_progress=on_progress, cancel=cancel)
-                data, done = self.download(done, cancel=cancel)
-            metadata = self._metadata(done, request, elapsed=time.monotonic() - started)
-            image = GeneratedImage.from_bytes(data, metadata, max_pixels=self.max_pixels)
-        except Exception as exc:
-            error = self._ended(exc, job_id, deadline=deadline, limit=limit, cancel=cancel)
-            if error is exc:
-                raise
-            raise error from exc
-        if image.size != (metadata["width"], metadata["height"]):
-            image.info["miragic"]["size_mismatch"] = True
-        image.info["miragic"]["image_size"] = list(image.size)
-        self._record(lambda h: h.record_result(image))
-        return image
-
-    def _ended(
-        self,
-        exc: Exception,
-        job_id: str,
-        *,
-        deadline: float,
-        limit: float,
-        cancel: threading.Event | None,
-    ) -> MiragicError:
-        """The error a generation that failed with ``exc`` ends in, recorded in the history.
-
-        Only ``MiragicError`` leaves the client: anything else (a server answer no reader
-        foresaw) becomes one, with the job id. A download cut off by the deadline is the job
-        not finishing in time.
-        """
-        error: MiragicError
-        if not isinstance(exc, MiragicError):
-            error = MiragicError(
-                f"unexpected {type(exc).__name__} while finishing job {job_id}: "
-                f"{server_text(str(exc), 80)}"
-            )
-        elif isinstance(exc, (JobFailedError, JobTimeoutError)) or time.monotonic() < deadline:
-            error = exc
-        else:
-            error = JobTimeoutError(
-                f"job {job_id} did not finish within {limit:g}s ({server_text(exc.message, 90)}); "
-                f"it may still finish: client.finish({job_id!r}) picks it up",
-                job_id=job_id,
-            )
-        error.job_id = error.job_id or job_id
-        status, message = _final_status(error, cancel)
-        self._record(lambda h: h.record_status(job_id, status, error_message=message))
-        return error
-
     # -- plumbing --------------------------------------------------------------------------
-
-    def _record(self, write: Callable[[History], object]) -> None:
-        """Write to the history; whatever goes wrong there is logged and never replaces the
-        job's own outcome (a disk problem, or a record it cannot store)."""
-        if self.history is None:
-            return
-        try:
-            write(self.history)
-        except Exception as exc:
-            log.warning(
-                "could not write the job history in %s: %s: %s",
-                self.history.home,
-                type(exc).__name__,
-                server_text(str(exc)),
-            )
 
     def _require_key(self) -> None:
         if self._api_key is None:
@@ -563,23 +436,6 @@ class Client(config.HoldsKey):
                 "environment variable, or run `%miragic login` in a notebook",
                 field="api_key",
             )
-
-    def _metadata(
-        self, job: Job, request: GenerationRequest | None, *, elapsed: float
-    ) -> dict[str, Any]:
-        if request is None:
-            request = _request_from_job(job)
-        return {
-            "job_id": job.id,
-            **request.describe(),
-            "image_url": transport.strip_userinfo(request.image_url) if request.image_url else None,
-            "result_url": transport.strip_userinfo(job.result_url) if job.result_url else None,
-            "elapsed_s": round(elapsed, 3),
-            "processing_s": job.processing_seconds,
-            "credits_used": job.credits_used,
-            "created_at": job.created_at.isoformat() if job.created_at else None,
-            "base_url": self.base_url,
-        }
 
     def _send(
         self, method: str, url: str, *, job_id: str | None = None, **kwargs: Any
@@ -606,20 +462,49 @@ class Client(config.HoldsKey):
         )
 
 
-#: A whole number as ASCII digits (``str.isdigit`` also accepts "²", which int() refuses).
-_DIGITS = re.compile(r"[0-9]{1,19}")
+def _history(history: History | bool) -> History | None:
+    if history is True:
+        from .history import History
+
+        return History()
+    return history or None
 
 
-def _check_job_id(job_id: object) -> str:
-    """A job id as the API returns them (a UUID); anything else is refused before sending."""
-    text = job_id.strip() if isinstance(job_id, str) else ""
-    if not _JOB_ID.fullmatch(text):
+def _request(prompt: str | GenerationRequest, options: dict[str, Any]) -> GenerationRequest:
+    """The request ``prompt`` and ``options`` describe, validated before anything is sent."""
+    if isinstance(prompt, GenerationRequest):
+        if options:
+            raise InvalidRequestError(
+                f"options ({', '.join(sorted(options))}) cannot be combined with a ready "
+                "GenerationRequest; put them in the request",
+                field=next(iter(sorted(options))),
+            )
+        return prompt
+    allowed = GenerationRequest.__dataclass_fields__.keys() - {"prompt"}
+    unknown = sorted(options.keys() - allowed)
+    if unknown:
         raise InvalidRequestError(
-            "job_id must be an id the API returned (letters, digits, '-', '_', '.', ':'), "
-            f"got {repr(job_id)[:60]}",
-            field="job_id",
+            f"unknown option {unknown[0]!r}; the options are {', '.join(sorted(allowed))}, "
+            "timeout, on_progress and reuse",
+            field=unknown[0],
         )
-    return text
+    return GenerationRequest(prompt, **options)
+
+
+def _reporting(on_progress: ProgressCallback) -> Callable[[JobHandle], None]:
+    """A handle listener that calls ``on_progress`` with each status read (not with the
+    create answer, which moves the job from ``submitting`` to ``pending``)."""
+    last: list[Any] = [None, None]  # the state and the job seen last
+
+    def listener(handle: JobHandle) -> None:
+        job, (state, seen) = handle.job, last
+        last[:] = [handle.state, job]
+        read = handle.state is JobState.PENDING and job is not None and job is not seen
+        if read and state is not JobState.SUBMITTING:
+            assert job is not None
+            on_progress(job)
+
+    return listener
 
 
 def _as_secret(api_key: object) -> config.Secret | None:
@@ -632,68 +517,3 @@ def _as_secret(api_key: object) -> config.Secret | None:
         )
     key = config.api_key_from_env(api_key)
     return config.Secret(key) if key is not None else None
-
-
-def _check_timeout(timeout: object) -> float:
-    """A job timeout: a positive number of seconds (``inf`` waits for ever)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise InvalidRequestError(
-            f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout"
-        )
-    return float(timeout)
-
-
-def _final_status(exc: MiragicError, cancel: threading.Event | None) -> tuple[str, str | None]:
-    """The history status (and message) for a wait that ended in ``exc``."""
-    if isinstance(exc, JobFailedError):
-        return FAILED, exc.server_message
-    if isinstance(exc, JobTimeoutError):
-        return (CANCELLED if cancel is not None and cancel.is_set() else TIMEOUT), None
-    return ERROR, str(exc)
-
-
-def _whole_number(text: str | None) -> int | None:
-    """A recorded parameter as a whole number, when it is written in ASCII digits.
-
-    ``str.isdigit`` also accepts "²", which ``int`` refuses: a server's odd parameter must
-    never break a resume.
-    """
-    text = (text or "").strip()
-    return int(text) if _DIGITS.fullmatch(text) else None
-
-
-def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
-    """The request as the history may keep it: no ``user:password@`` in its image URL."""
-    if request.image_url is None:
-        return request
-    return replace(request, image_url=transport.strip_userinfo(request.image_url))
-
-
-def _request_from_job(job: Job) -> GenerationRequest:
-    """Rebuild the request from the parameters the server recorded (for resumed jobs)."""
-    params = job.parameters
-    prompt = params.get("prompt") or str(job.raw.get("prompt") or "") or "(unknown prompt)"
-
-    def flag(name: str) -> bool | None:
-        value = params.get(name, "").lower()
-        return {"true": True, "false": False}.get(value)
-
-    try:
-        return GenerationRequest(
-            prompt,
-            model=params.get("model") or "flux",
-            width=_whole_number(params.get("width")) or 1024,
-            height=_whole_number(params.get("height")) or 1024,
-            image_url=params.get("image_url") or None,
-            seed=_whole_number(params.get("seed")),
-            enhance=flag("enhance"),
-            safe=flag("safe"),
-            private=flag("private"),
-            nologo=flag("nologo"),
-        )
-    except InvalidRequestError:
-        pass
-    try:
-        return GenerationRequest(prompt)
-    except InvalidRequestError:
-        return GenerationRequest("(unknown prompt)")

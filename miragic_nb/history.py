@@ -132,29 +132,29 @@ class HistoryRecord:
     reuse_key: str | None = None
     events: tuple[StatusEvent, ...] = ()
 
-    def metadata(self) -> dict[str, Any]:
-        """``GeneratedImage.metadata`` for this record, with the keys the client uses."""
-        meta: dict[str, Any] = {
-            "job_id": self.job_id,
-            "prompt": self.prompt,
-            "model": self.model,
-            "width": self.width,
-            "height": self.height,
-            "seed": self.seed,
-            "image_url": self.image_url,
-            "options": dict(self.options),
-            "result_url": self.result_url,
-            "elapsed_s": self.elapsed_s,
-            "processing_s": self.processing_s,
-            "credits_used": self.credits_used,
-            "created_at": self.server_created_at,
-            "base_url": self.base_url,
-        }
-        if self.image_size is not None:
-            meta["image_size"] = list(self.image_size)
-        if self.path is not None:
-            meta["path"] = str(self.path)
-        return meta
+    def metadata(self, *, reused: bool = False) -> dict[str, Any]:
+        """``GeneratedImage.metadata`` for this record, with the keys every result carries."""
+        from .result_info import ResultInfo
+
+        return ResultInfo(
+            job_id=self.job_id,
+            prompt=self.prompt,
+            model=self.model,
+            width=self.width,
+            height=self.height,
+            seed=self.seed,
+            image_url=self.image_url,
+            options=dict(self.options),
+            result_url=self.result_url,
+            elapsed_s=self.elapsed_s,
+            processing_s=self.processing_s,
+            credits_used=self.credits_used,
+            created_at=self.server_created_at,
+            base_url=self.base_url,
+            image_size=self.image_size,
+            path=None if self.path is None else str(self.path),
+            reused=reused,
+        ).as_dict()
 
 
 @dataclass(frozen=True)
@@ -506,7 +506,7 @@ def _load(record: HistoryRecord) -> GeneratedImage | None:
         data = record.path.read_bytes()
         if image_extension(data[:16], None) != record.path.suffix.lstrip("."):
             return None  # not the format it was saved as: replaced by something else
-        return GeneratedImage.from_bytes(data, {**record.metadata(), "reused": True})
+        return GeneratedImage.from_bytes(data, record.metadata(reused=True))
     except (OSError, DownloadError) as exc:
         log.warning("cannot load the saved image of job %s: %s", record.job_id, exc)
         return None

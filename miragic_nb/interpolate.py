@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["interpolate", "placeholders"]
+__all__ = ["interpolate"]
 
 _NAME = r"[^\W\d]\w*"
 _TOKEN = re.compile(
@@ -50,16 +50,6 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
         return _replacement(match, namespace)
 
     return _TOKEN.sub(replace, template)
-
-
-def placeholders(template: str, namespace: Mapping[str, Any]) -> list[str]:
-    """The placeholders that ``interpolate`` would fill, e.g. ``["style", "cfg[size]"]``."""
-    found = []
-    for match in _TOKEN.finditer(template):
-        name = match.group("name")
-        if name is not None and _resolve(match, namespace) is not _MISSING:
-            found.append(name + match.group("chain"))
-    return found
 
 
 def _replacement(match: re.Match[str], namespace: Mapping[str, Any]) -> str:

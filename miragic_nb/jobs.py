@@ -7,17 +7,20 @@ finished yet"; status strings are compared case-insensitively; extra fields are 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urljoin
 
-from .errors import APIError
+from .errors import APIError, InvalidRequestError
 
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
+#: What a job id may look like (the API's are UUIDs); it becomes a URL path segment.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,18 @@ def job_id_of(record: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return value.strip()
     return None
+
+
+def check_job_id(job_id: object) -> str:
+    """A job id as the API returns them (a UUID); anything else is refused before sending."""
+    text = job_id.strip() if isinstance(job_id, str) else ""
+    if not _JOB_ID.fullmatch(text):
+        raise InvalidRequestError(
+            "job_id must be an id the API returned (letters, digits, '-', '_', '.', ':'), "
+            f"got {repr(job_id)[:60]}",
+            field="job_id",
+        )
+    return text
 
 
 def _number(value: object) -> float | None:

@@ -23,8 +23,7 @@ import os
 import queue
 import re
 import shlex
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,6 +35,7 @@ from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from . import builtin, config
+from .engine import CancelledBeforeStart, JobHandle, Workers
 from .errors import (
     InvalidRequestError,
     JobFailedError,
@@ -55,15 +55,11 @@ from .request import (
     GenerationRequest,
     parse_decimal,
 )
-from .runner import Cancellation, CancelledBeforeStart, JobRunner
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client
     from .history import History
-    from .images import GeneratedImage
-    from .jobs import Job
 
 #: Most jobs one cell may start (``--n`` times the number of models).
 MAX_JOBS = 16
@@ -102,10 +98,24 @@ _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace],
 _display: Callable[..., Any] = display
 
 
-def _post_done(
-    events: queue.Queue[tuple[str, _Slot, Any]], slot: _Slot
-) -> Callable[[Future[GeneratedImage]], None]:
-    return lambda future: events.put(("done", slot, future))
+def _post(events: queue.Queue[_Slot], slot: _Slot, *_: object) -> None:
+    """Tell the cell's thread that ``slot`` changed (called from the engine's workers)."""
+    events.put(slot)
+
+
+def _slot_error(slot: _Slot) -> BaseException:
+    """Why a slot's job gave no image."""
+    handle = slot.handle
+    if handle is None:
+        return RuntimeError("the job was never started")
+    if handle.error is not None:
+        return handle.error
+    future = handle.future
+    if future is not None and future.done() and not future.cancelled():
+        error = future.exception()
+        if error is not None:
+            return error
+    return CancelledBeforeStart("the job was stopped before it was sent; no credit used")
 
 
 class _ShortFailure(Exception):
@@ -171,18 +181,14 @@ def _name(text: str) -> str:
 
 @dataclass
 class _Slot:
-    """One job of a cell: its request, its progress view, and how it ended."""
+    """One job of a cell as the cell shows it: a label and a progress view over its handle."""
 
     label: str
     request: GenerationRequest
     progress: JobProgress
-    job_id: str | None = None
-    image: GeneratedImage | None = None
-    error: BaseException | None = None
-    done: bool = False
-    reused: bool = False
-    #: A worker has taken the slot: its create request may be on the wire.
-    started: bool = False
+    #: The job to pick up instead of creating one (``%miragic resume``).
+    resume_id: str | None = None
+    handle: JobHandle | None = None
 
 
 @magics_class
@@ -331,17 +337,15 @@ class Miragic(Magics, Configurable):
         if not prompt.strip():
             raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
         requests = self._requests(args, prompt)
-        timeout = args.timeout or self.timeout
-        resolved = self._resolve()
+        engine = self._resolve().client.engine
         slots = self._slots(requests, many=len(requests) > 1)
-        for slot in slots:
-            if self.reuse and not args.fresh and slot.request.seed is not None:
-                self._try_reuse(slot, resolved.client, resolved.is_emulator)
-        # Reuse was decided above, per slot, so the run itself always creates a job.
         self._run(
-            [s for s in slots if not s.done],
-            lambda slot, **kw: resolved.client.run(
-                slot.request, timeout=timeout, reuse=False, **kw
+            slots,
+            lambda handle, workers: engine.start(
+                handle,
+                timeout=args.timeout or self.timeout,
+                reuse=self.reuse and not args.fresh,
+                workers=workers,
             ),
         )
         return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
@@ -410,103 +414,84 @@ class Miragic(Magics, Configurable):
 
     # -- running jobs ----------------------------------------------------------------------
 
-    def _run(self, slots: list[_Slot], work: Callable[..., GeneratedImage]) -> None:
-        """Run each slot's job in a worker; draw progress here; handle the interrupt.
+    def _run(self, slots: list[_Slot], start: Callable[[JobHandle, Workers], object]) -> None:
+        """Start each slot's job on the engine; draw progress here; handle the interrupt.
 
-        Workers only put events on a queue: every widget and print call happens on this thread,
-        which is the cell's own.
+        The engine's workers only put events on a queue: every widget and print call happens
+        on this thread, which is the cell's own.
         """
-        if not slots:
-            return
-        events: queue.Queue[tuple[str, _Slot, Any]] = queue.Queue()
-        cancellation = Cancellation()
-
-        # The client records each job in the history (id at creation, result, failure).
-        def job(slot: _Slot) -> GeneratedImage:
-            # Under the switch's lock: once the cell is interrupted, no create is sent.
-            if not cancellation.begin_send():
-                raise CancelledBeforeStart("interrupted before the job was sent")
-            slot.started = True
-
-            def created(job: Job) -> None:
-                slot.job_id = job.id
-                events.put(("progress", slot, job))
-
-            return work(
-                slot,
-                on_created=created,
-                on_progress=lambda job: events.put(("progress", slot, job)),
-                cancel=cancellation.event,
-            )
-
+        events: queue.Queue[_Slot] = queue.Queue()
         for slot in slots:
             slot.progress.show()
-        # Daemon workers: a worker stuck in a slow read never holds the interpreter's exit.
-        runner = JobRunner(max_workers=min(len(slots), self.max_concurrency))
-        futures: dict[Future[GeneratedImage], _Slot] = {}
+        # A pool per cell: its size is this cell's concurrency, and its queue dies with the cell.
+        workers = Workers(max_workers=min(len(slots), self.max_concurrency))
         try:
             for slot in slots:
-                future = runner.submit(functools.partial(job, slot))
-                futures[future] = slot
-                future.add_done_callback(_post_done(events, slot))
+                post = functools.partial(_post, events, slot)
+                request = None if slot.resume_id else slot.request
+                slot.handle = JobHandle(request, job_id=slot.resume_id)
+                slot.handle.subscribe(post)
+                start(slot.handle, workers)
+                assert slot.handle.future is not None
+                slot.handle.future.add_done_callback(post)
             self._drain(events, slots)
         except KeyboardInterrupt:
-            cancellation.cancel()
-            runner.shutdown()
-            self._interrupted(slots, futures)
+            self._stop(slots, workers)
+            self._interrupted(slots)
             raise
         finally:
             # However the cell ends, no worker keeps polling and no queued job starts.
-            cancellation.cancel()
-            runner.shutdown()
+            self._stop(slots, workers)
 
-    def _drain(self, events: queue.Queue[tuple[str, _Slot, Any]], slots: list[_Slot]) -> None:
-        finished = 0
-        while finished < len(slots):
+    @staticmethod
+    def _stop(slots: list[_Slot], workers: Workers) -> None:
+        for slot in slots:
+            if slot.handle is not None:
+                slot.handle.cancel()
+        workers.shutdown()
+
+    def _drain(self, events: queue.Queue[_Slot], slots: list[_Slot]) -> None:
+        settled: set[int] = set()
+        while len(settled) < len(slots):
             try:
-                kind, slot, payload = events.get(timeout=TICK_SECONDS)
+                slot = events.get(timeout=TICK_SECONDS)
             except queue.Empty:
                 for waiting in slots:  # no status read arrived: keep the elapsed time moving
-                    if not waiting.done:
+                    if id(waiting) not in settled:
                         waiting.progress.refresh()
                 continue
-            if kind == "progress":
-                slot.progress.update(payload)
+            handle = slot.handle
+            if handle is None or id(slot) in settled:
+                continue
+            if handle.future is not None and handle.future.done():
+                settled.add(id(slot))
+                self._settle(slot, handle)
             else:
-                finished += 1
-                self._settle(slot, payload)
+                slot.progress.set_state(handle.state, percent=handle.progress, job_id=handle.id)
 
-    def _settle(self, slot: _Slot, future: Future[GeneratedImage]) -> None:
-        slot.done = True
-        try:
-            slot.image = future.result()
-        except Exception as exc:
-            slot.error = exc
-            slot.progress.fail(_one_line(exc, self._resume_hint(exc)))
+    def _settle(self, slot: _Slot, handle: JobHandle) -> None:
+        if handle.result is None:
+            error = _slot_error(slot)
+            slot.progress.fail(_one_line(error, self._resume_hint(error)))
             return
-        if slot.job_id is None:
-            slot.job_id = slot.image.metadata.get("job_id")
-        self._succeed(slot)
-
-    def _succeed(self, slot: _Slot) -> None:
-        assert slot.image is not None
         widget = bool(getattr(slot.progress, "widget", None))
         # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
-        slot.progress.succeed(slot.image.caption() if widget or slot.reused else "")
+        caption = handle.result.caption() if widget or handle.reused else ""
+        slot.progress.succeed(caption)
 
-    def _interrupted(
-        self, slots: list[_Slot], futures: Mapping[Future[GeneratedImage], _Slot]
-    ) -> None:
+    def _interrupted(self, slots: list[_Slot]) -> None:
         """After Ctrl-C / kernel interrupt: say which jobs exist and how to pick them up."""
         # A create request already on the wire may still return a job id: give it a moment.
         from concurrent.futures import wait
 
+        futures = [s.handle.future for s in slots if s.handle and s.handle.future]
         with contextlib.suppress(KeyboardInterrupt):
-            wait(list(futures), timeout=2.0)
-        ids = [s.job_id for s in slots if s.job_id and s.image is None]
-        in_flight = sum(1 for s in slots if s.started and not s.job_id)
+            wait(futures, timeout=2.0)
+        handles = [s.handle for s in slots if s.handle is not None]
+        ids = [h.id for h in handles if h.id and h.result is None]
+        in_flight = sum(1 for h in handles if h.sent and not h.id)
         for slot in slots:
-            if slot.image is None:
+            if slot.handle is None or slot.handle.result is None:
                 slot.progress.fail("interrupted")
         if ids:
             print("Interrupted: stopped waiting. The job(s) may still finish on the server:")
@@ -529,15 +514,14 @@ class Miragic(Magics, Configurable):
     # -- results ---------------------------------------------------------------------------
 
     def _finish(self, slots: list[_Slot], out: str | None, quiet: bool, *, columns: int) -> Any:
-        images = [s.image for s in slots if s.image is not None]
-        failed = [s for s in slots if s.error is not None]
+        images = [s.handle.result for s in slots if s.handle and s.handle.result is not None]
+        failed = [s for s in slots if s.handle is None or s.handle.result is None]
         result: Any
         if len(slots) == 1:
             result = images[0] if images else None
         else:
-            result = ImageGrid(
-                images, labels=[s.label for s in slots if s.image is not None], columns=columns
-            )
+            labels = [s.label for s in slots if s.handle and s.handle.result is not None]
+            result = ImageGrid(images, labels=labels, columns=columns)
         if out and (images or len(slots) > 1):
             self._ip.user_ns[out] = result
         if failed:
@@ -547,17 +531,15 @@ class Miragic(Magics, Configurable):
         return None if quiet else result
 
     def _slot_failure(self, failed: list[_Slot], total: int) -> BaseException:
-        first = failed[0].error
-        assert first is not None
+        first = _slot_error(failed[0])
         if total == 1 and isinstance(first, MiragicError):
             return self._shorten(first)
         if total == 1:
             return first
         lines = [f"{len(failed)} of {total} jobs failed:"]
         lines += [
-            f"  {s.label}: {_one_line(s.error, self._resume_hint(s.error))}"
-            for s in failed
-            if s.error is not None
+            f"  {s.label}: {_one_line(error, self._resume_hint(error))}"
+            for s, error in ((s, _slot_error(s)) for s in failed)
         ]
         failure = _ShortFailure("\n".join(lines))
         return self._shorten(failure, lines=lines) if self.short_errors else failure
@@ -569,22 +551,6 @@ class Miragic(Magics, Configurable):
         text = lines or [f"{type(exc).__name__}: {_one_line(exc, self._resume_hint(exc))}"]
         exc._render_traceback_ = lambda: list(text)  # type: ignore[attr-defined]
         return exc
-
-    def _try_reuse(self, slot: _Slot, client: Client, is_emulator: bool) -> None:
-        if client.history is None:
-            return
-        try:
-            image = client.history.reuse(slot.request, base_url=client.base_url)
-        except Exception:  # an unreadable history must never stop a generation
-            image = None
-        if image is None:
-            return
-        if is_emulator:
-            image.info["miragic"]["emulator"] = True
-        slot.image, slot.done, slot.reused = image, True, True
-        slot.job_id = image.metadata.get("job_id")
-        slot.progress.show()
-        self._succeed(slot)
 
     # -- %miragic ----------------------------------------------------------------------------
 
@@ -708,23 +674,21 @@ class Miragic(Magics, Configurable):
                 f"%miragic resume: unexpected {' '.join(extra)}; usage: "
                 "%miragic resume JOB_ID [-o NAME] [--timeout S]"
             )
-        timeout = args.timeout or self.timeout
-        resolved = self._resolve()
+        engine = self._resolve().client.engine
         slot = _Slot(
             label="resume",
             request=GenerationRequest("(resumed job)"),
             progress=self._make_progress("resume", many=False),
-            job_id=args.job_id,
+            resume_id=args.job_id,
         )
-
-        def work(slot: _Slot, *, on_created: Any, on_progress: Any, cancel: Any) -> Any:
-            return resolved.client.finish(
-                args.job_id, timeout=timeout, on_progress=on_progress, cancel=cancel
-            )
-
-        self._run([slot], work)
-        if slot.image is not None and resolved.is_emulator:
-            slot.image.info["miragic"]["emulator"] = True
+        self._run(
+            [slot],
+            lambda handle, workers: engine.start(
+                handle,
+                timeout=args.timeout or self.timeout,
+                workers=workers,
+            ),
+        )
         return self._finish([slot], args.out, False, columns=1)
 
     def _panel(self) -> Any:
@@ -733,7 +697,7 @@ class Miragic(Magics, Configurable):
             from .panel import Panel
         except ImportError:
             raise UsageError("%miragic panel: the panel is not available in this version") from None
-        return Panel()
+        return Panel(settings=self.settings())
 
     def _emulator(self, words: list[str]) -> None:
         action = words[0].lower() if words else "status"
@@ -793,14 +757,18 @@ class Miragic(Magics, Configurable):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _resolve(self) -> builtin.ResolvedClient:
-        resolved = builtin.resolve_client(
+    def settings(self) -> builtin.Settings:
+        """The resolved settings every face of this shell uses (``%config Miragic.*``)."""
+        return builtin.Settings(
             base_url=self.base_url or None,
-            offline_fallback=self.offline_fallback,
-            timeout=self.timeout,
-            poll_schedule=self._poll_schedule(),
             home=self.home or None,
+            timeout=self.timeout,
+            offline_fallback=self.offline_fallback,
+            poll_schedule=self._poll_schedule(),
         )
+
+    def _resolve(self) -> builtin.ResolvedClient:
+        resolved = builtin.resolve(self.settings())
         if resolved.notice:
             print(resolved.notice)
         return resolved
@@ -870,6 +838,18 @@ def _history_row(record: Any) -> str:
         )
         + "</tr>"
     )
+
+
+def loaded_settings() -> builtin.Settings | None:
+    """The settings of the ``Miragic`` configurable loaded in the running shell, if any."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    for configurable in getattr(shell, "configurables", []):
+        if type(configurable).__name__ == Miragic.__name__:
+            settings: builtin.Settings = configurable.settings()
+            return settings
+    return None
 
 
 # -- extension entry points --------------------------------------------------------------------

@@ -35,16 +35,16 @@ import ipywidgets as widgets
 from PIL import Image
 
 from .described_image import DescribedImage
+from .engine import CancelledBeforeStart, JobHandle, JobState, Workers, on_loop
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .filenames import safe_stem
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
-from .runner import Cancellation, CancelledBeforeStart, JobRunner
 
 if TYPE_CHECKING:
+    from .builtin import Settings
     from .client import Client
     from .images import GeneratedImage
-    from .jobs import Job
 
 log = logging.getLogger("miragic_nb")
 
@@ -75,34 +75,44 @@ _WARN_STYLE = "color: var(--jp-warn-color1, #e65100)"
 _MUTED_STYLE = "color: var(--jp-ui-font-color2, #757575)"
 _OK_STYLE = "color: var(--jp-success-color1, #2e7d32)"
 
-# Job states, as PanelJob.state spells them.
-STARTING, RUNNING = "starting", "running"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-
 
 @dataclass(eq=False)
 class PanelJob:
-    """One press of Generate: the request, its job id once created, and how it ended.
+    """One press of Generate as the panel shows it: its progress row over the engine's handle.
 
-    ``state`` goes ``starting`` (no job id yet) → ``running`` → ``completed`` | ``failed`` |
-    ``cancelled``. A cancelled or failed job keeps its ``job_id`` (when the server gave one),
-    so ``%miragic resume <job_id>`` can still fetch a result that was paid for.
+    ``state`` is the handle's ``JobState``: ``queued`` → ``submitting`` → ``pending`` →
+    ``downloading`` → ``completed``, or ``failed`` / ``cancelled`` / ``timed_out``. A cancelled
+    or failed job keeps its ``job_id`` (when the server gave one), so ``%miragic resume
+    <job_id>`` can still fetch a result that was paid for.
     """
 
-    request: GenerationRequest
+    handle: JobHandle
     progress: JobProgress
-    state: str = STARTING
-    job_id: str | None = None
-    image: GeneratedImage | None = None
     message: str = ""
-    cancellation: Cancellation = field(default_factory=Cancellation, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     row: Any = field(default=None, repr=False)
     cancel_button: Any = field(default=None, repr=False)
 
     @property
+    def request(self) -> GenerationRequest:
+        assert self.handle.request is not None
+        return self.handle.request
+
+    @property
+    def state(self) -> JobState:
+        return self.handle.state
+
+    @property
+    def job_id(self) -> str | None:
+        return self.handle.id
+
+    @property
+    def image(self) -> GeneratedImage | None:
+        return self.handle.result
+
+    @property
     def is_active(self) -> bool:
-        return self.state in (STARTING, RUNNING)
+        return self.handle.is_active
 
 
 class ResultCard(widgets.VBox):  # type: ignore[misc]
@@ -161,14 +171,17 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
 class Panel(widgets.VBox):  # type: ignore[misc]
     """A form for the Miragic image API that shows progress, results and a gallery.
 
-    ``client`` defaults to the one ``%%miragic`` would use: the configured key and base URL,
+    ``client`` defaults to the one ``%%miragic`` would use, from the same ``settings``
+    (default: the loaded extension's ``%config Miragic.*``): the configured key and base URL,
     else the built-in offline emulator (and the panel says so). Without a client the choice is
-    made again at every Generate, so ``%miragic login`` after creating the panel takes effect.
+    made again at every Generate, so ``%miragic login`` after creating the panel takes effect;
+    nothing is started before the first Generate.
     """
 
-    def __init__(self, client: Client | None = None) -> None:
+    def __init__(self, client: Client | None = None, *, settings: Settings | None = None) -> None:
         self._fixed_client = client
-        self._runner = JobRunner()
+        self._settings = settings
+        self._workers = Workers()
         self._jobs: list[PanelJob] = []
         self._results: list[GeneratedImage] = []
         self._cards: list[ResultCard] = []
@@ -385,7 +398,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         label = _excerpt(request.prompt, 28)
         progress = make_progress(label, widgets=True)
         assert isinstance(progress, WidgetProgress)  # ipywidgets is imported above
-        job = PanelJob(request=request, progress=progress)
+        job = PanelJob(handle=JobHandle(request), progress=progress)
         job.cancel_button = widgets.Button(
             description="Cancel",
             tooltip="Stop polling this job",
@@ -411,8 +424,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         for target in targets:
             if not target.is_active:
                 continue
-            was_sent = target.cancellation.cancel()
-            target.state = CANCELLED
+            was_sent = target.handle.cancel()
             if target.job_id:
                 target.message = _cancel_message(target.job_id)
             elif was_sent:
@@ -495,12 +507,12 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         """Wait until every job this panel started has ended and no worker is still polling."""
         while pending := [j.task for j in self._jobs if j.task is not None and not j.task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._runner.settle()
+        await self._workers.settle()
 
     def close(self) -> None:
         """Cancel running jobs, stop the worker threads and close every widget of the panel."""
         self.cancel()
-        self._runner.shutdown()
+        self._workers.shutdown()
         # Widget.close() leaves children, layouts and styles open (and registered with the
         # kernel): close everything the panel made.
         roots = [self, *self._cards, *(job.row for job in self._jobs if job.row is not None)]
@@ -519,35 +531,29 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     # -- running a job (on the loop's thread) -------------------------------------------------
 
     async def _run(self, client: Client, job: PanelJob) -> None:
-        ticker = asyncio.get_running_loop().create_task(self._tick(job))
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(self._tick(job))
+        job.handle.subscribe(on_loop(loop, lambda handle: self._on_change(job)))
+        client.engine.start(job.handle, workers=self._workers)
         try:
-            image = await self._runner.run(
-                client,
-                job.request,
-                cancel=job.cancellation,
-                on_created=lambda created: self._on_created(job, created),
-                on_progress=lambda status: self._on_progress(job, status),
-            )
+            image = await job.handle.wait_async()
         except asyncio.CancelledError:
             # We cancelled it (Cancel, or a script's loop ending); the worker stops on its own.
-            job.cancellation.cancel()
-            if job.is_active:
-                job.state = CANCELLED
+            if job.handle.is_active:
+                job.handle.cancel()
                 job.progress.fail("cancelled")
         except CancelledBeforeStart:
             pass  # cancel() has said so already
         except Exception as exc:
-            if job.state == CANCELLED:
+            if job.state is JobState.CANCELLED:
                 return  # the stopped wait ends with an error; the cancel message says it all
-            job.state = FAILED
             job.message = _one_line(exc)
-            job.job_id = job.job_id or getattr(exc, "job_id", None)
             job.progress.fail(_excerpt(job.message, 80))
             self._show_status(_ERROR_STYLE, "✗ " + html.escape(job.message))
             if not isinstance(exc, MiragicError):
                 log.exception("the panel's job ended with an unexpected error")
         else:
-            if job.state == CANCELLED:
+            if job.state is JobState.CANCELLED:
                 return  # finished as Cancel was pressed; the user asked not to see it
             self._on_result(job, image)
         finally:
@@ -558,33 +564,31 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         """Keep the elapsed seconds moving between status reads (which may be seconds apart)."""
         while job.is_active:
             await asyncio.sleep(TICK_S)
-            if job.state == RUNNING:
+            if job.state in (JobState.PENDING, JobState.DOWNLOADING):
                 job.progress.set_label(job.progress.label)  # re-renders the row
 
-    def _on_created(self, job: PanelJob, created: Job) -> None:
-        job.job_id = created.id
-        if job.state == CANCELLED:
-            job.message = _cancel_message(created.id)
-            self._show_status(_WARN_STYLE, html.escape(job.message))
+    def _on_change(self, job: PanelJob) -> None:
+        """A step of ``job`` (on the loop's thread): its id, a status read, a late id."""
+        status = job.handle.job
+        if job.state is JobState.CANCELLED:
+            if job.job_id and not job.message.startswith("Cancelled: stopped"):
+                job.message = _cancel_message(job.job_id)
+                self._show_status(_WARN_STYLE, html.escape(job.message))
             return
-        job.state = RUNNING
-        self._show_status(
-            _MUTED_STYLE, f"Job {html.escape(created.id)} created; waiting for the result…"
-        )
-
-    def _on_progress(self, job: PanelJob, status: Job) -> None:
-        if job.state == CANCELLED:
+        if status is None or not job.is_active:
             return
-        job.state = RUNNING
-        job.progress.update(status)
-        self._show_status(
-            _MUTED_STYLE, html.escape(f"{job.progress.status} · {job.progress.detail_text()}")
-        )
+        created = job.progress.job_id is None
+        job.progress.set_state(job.state, percent=job.handle.progress, job_id=job.job_id)
+        if created:
+            self._show_status(
+                _MUTED_STYLE, f"Job {html.escape(status.id)} created; waiting for the result…"
+            )
+        else:
+            self._show_status(
+                _MUTED_STYLE, html.escape(f"{job.progress.status} · {job.progress.detail_text()}")
+            )
 
     def _on_result(self, job: PanelJob, image: GeneratedImage) -> None:
-        job.state = COMPLETED
-        job.image = image
-        job.job_id = job.job_id or image.metadata.get("job_id")
         elapsed = image.metadata.get("elapsed_s")
         took = f" · {elapsed:.1f}s" if isinstance(elapsed, (int, float)) else ""
         job.progress.succeed(f"{image.width}×{image.height}{took}")
@@ -650,21 +654,34 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def _client(self) -> Client:
         if self._fixed_client is not None:
             return self._fixed_client
-        from .builtin import resolve_client
+        from .builtin import resolve
 
-        resolved = resolve_client()
+        resolved = resolve(self._current_settings())
         if resolved.is_emulator != self.is_emulator:
             self.is_emulator = resolved.is_emulator
             self._describe_client()
         return resolved.client
 
+    def _current_settings(self) -> Settings:
+        """The settings given, else the loaded extension's (read at every Generate)."""
+        from .builtin import Settings
+
+        if self._settings is not None:
+            return self._settings
+        from .magic import loaded_settings
+
+        return loaded_settings() or Settings()
+
     def _describe_client(self) -> None:
+        """The header: where jobs go. Decided without starting anything (no emulator)."""
         if self._fixed_client is not None:
             where = html.escape(self._fixed_client.base_url)
             self.header.value = f"<b>Miragic</b> <small style='{_MUTED_STYLE}'>{where}</small>"
             return
+        from .builtin import uses_emulator
+
         try:
-            self._client()
+            self.is_emulator = uses_emulator(self._current_settings())
         except MiragicError as exc:
             self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
         notice = (

@@ -1,7 +1,8 @@
 """One progress view for one job: a tqdm-style widget in a notebook, a text line in a terminal.
 
-Both views take the same calls: ``update(job)`` after every status read, then ``succeed()`` or
-``fail()``; ``fail`` is final (a red bar is never turned green again, as in tqdm). Status and
+Both views take the same calls: ``set_state`` with the job's ``JobState`` (``update(job)`` after
+a status read says ``pending`` or ``downloading``), then ``succeed()`` or ``fail()``; ``fail`` is
+final (a red bar is never turned green again, as in tqdm). Status and
 error texts come from the server, so everything put into widget HTML is escaped.
 
 ``make_progress`` picks the view like tqdm's ``autonotebook``: a running ipykernel kernel gets
@@ -17,6 +18,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO, TYPE_CHECKING, Any
 
+from .engine import JobState
+
 if TYPE_CHECKING:
     from .jobs import Job
 
@@ -30,7 +33,7 @@ class JobProgress(ABC):
     def __init__(self, label: str = "") -> None:
         self.label = label
         self.job_id: str | None = None
-        self.status = "starting"
+        self.status = JobState.QUEUED.value
         self.percent: float | None = None
         self.message = ""
         self.state = "running"  # running → succeeded | failed
@@ -41,13 +44,20 @@ class JobProgress(ABC):
 
     def update(self, job: Job) -> None:
         """Show a status read: status text, percent (when reported), elapsed time, job id."""
+        # A completed job still has its image to download: say what is happening now.
+        state = JobState.DOWNLOADING if job.is_completed else JobState.PENDING
+        self.set_state(state, percent=job.progress, job_id=job.id)
+
+    def set_state(
+        self, state: JobState, *, percent: float | None = None, job_id: str | None = None
+    ) -> None:
+        """Show where a running job stands (its final outcome goes to succeed or fail)."""
         with self._lock:
             if self.state != "running":
                 return
-            self.job_id = job.id
-            # A completed job still has its image to download: say what is happening now.
-            self.status = "downloading" if job.is_completed else job.status.lower()
-            self.percent = job.progress
+            self.job_id = job_id or self.job_id
+            self.status = state.value
+            self.percent = percent
             self._render()
 
     def succeed(self, message: str = "") -> None:

@@ -7,7 +7,7 @@ inputs with the same messages, and a refused request costs nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,10 +98,6 @@ class GenerationRequest:
             "image_url": self.image_url,
             "options": {flag: getattr(self, flag) for flag in FLAGS},
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """All parameters, including unset ones as None (for metadata and reuse keys)."""
-        return asdict(self)
 
 
 def parse_decimal(text: str) -> int | None:

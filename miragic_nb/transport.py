@@ -227,21 +227,60 @@ class OriginBoundSession(requests.Session):
 
 
 def make_session(
-    base_url: str, create_path: str, api_key: config.Secret | None
-) -> OriginBoundSession:
-    """A session for one API: read retries everywhere, the create policy on the create URL."""
+    base_url: str,
+    create_path: str,
+    api_key: config.Secret | None,
+    *,
+    session: requests.Session | None = None,
+) -> requests.Session:
+    """A session for one API: read retries everywhere, the create policy on the create URL.
+
+    A caller's own ``session`` keeps its adapters for other origins; ours are mounted for the
+    API's base URL only, and a response hook drops the key before any redirect leaves the
+    API's origin (a plain ``requests.Session`` keeps custom headers across hosts).
+    """
     origin = config.origin(base_url)
-    session = OriginBoundSession(origin)
-    session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
-    session.headers["Accept"] = "application/json"
     read_adapter = HTTPAdapter(max_retries=read_retry(), pool_maxsize=32)
-    session.mount("https://", read_adapter)
-    session.mount("http://", read_adapter)
+    if session is None:
+        session = OriginBoundSession(origin)
+        session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
+        session.headers["Accept"] = "application/json"
+        session.mount("https://", read_adapter)
+        session.mount("http://", read_adapter)
+    else:
+        if session.auth is not None:
+            raise InvalidRequestError(
+                "the session already has auth set; the API key is added by the client, and "
+                "only for the API's origin: pass a session without auth",
+                field="session",
+            )
+        session.mount(base_url + "/", read_adapter)
+        session.hooks["response"].append(_OriginGuard(origin))
     # Longest prefix wins: the create endpoint gets the no-duplicate-job retry policy.
     session.mount(base_url + create_path, HTTPAdapter(max_retries=create_retry(), pool_maxsize=32))
     if api_key:
         session.auth = ApiKeyAuth(api_key, origin)
     return session
+
+
+class _OriginGuard:
+    """A response hook for a caller's session: before requests follows a redirect (it copies
+    the request that was just sent), drop the key if the redirect leaves the API's origin,
+    and refuse a redirect to a link-local address."""
+
+    def __init__(self, api_origin: tuple[str, str, int | None]) -> None:
+        self._api_origin = api_origin
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if not response.is_redirect:
+            return
+        target = urljoin(response.url, response.headers.get("location", ""))
+        refuse_link_local(target)
+        if config.origin(target) != self._api_origin:
+            response.request.headers.pop("X-API-Key", None)
+
+    def __repr__(self) -> str:
+        return "<API key origin guard>"
 
 
 # -- bodies -------------------------------------------------------------------------------

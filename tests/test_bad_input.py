@@ -87,9 +87,9 @@ def test_generate_refuses_bad_input(
         client.generate(prompt, **options)
     assert message in str(info.value)
     assert info.value.field in {*options, "prompt"}  # names the field at fault
-    if "timeout" not in options:  # create_job has no timeout; the rest is the same rule
+    if "timeout" not in options:  # submit has no timeout; the rest is the same rule
         with pytest.raises(InvalidRequestError) as again:
-            client.create_job(prompt, **options)
+            client.submit(prompt, **options)
         assert str(again.value) == str(info.value)
     nothing_reached(emulator)
 
@@ -98,7 +98,7 @@ BAD_JOB_IDS = ["", "   ", "../etc/passwd", "a/b", "x" * 201, "id with spaces", N
 
 
 @pytest.mark.parametrize("job_id", BAD_JOB_IDS, ids=lambda v: repr(v)[:20])
-@pytest.mark.parametrize("method", ["get_job", "wait", "finish"])
+@pytest.mark.parametrize("method", ["get_job", "wait", "resume"])
 def test_a_malformed_job_id_is_refused(
     client: Client, emulator: Emulator, method: str, job_id: object
 ) -> None:
@@ -140,11 +140,11 @@ def test_a_bad_base_url_in_the_environment_is_refused(monkeypatch: pytest.Monkey
     "call",
     [
         lambda c: c.generate("a cat"),
-        lambda c: c.create_job("a cat"),
+        lambda c: c.submit("a cat"),
         lambda c: c.get_job("0b7c9d3e-0000-4000-8000-000000000000"),
-        lambda c: c.finish("0b7c9d3e-0000-4000-8000-000000000000"),
+        lambda c: c.resume("0b7c9d3e-0000-4000-8000-000000000000"),
     ],
-    ids=["generate", "create_job", "get_job", "finish"],
+    ids=["generate", "submit", "get_job", "resume"],
 )
 def test_missing_key_is_refused_before_any_request(
     emulator: Emulator, call: Callable[[Client], object]

@@ -55,7 +55,7 @@ def test_text_to_image(client: Client, emulator: Emulator) -> None:
 
 
 def test_form_is_multipart_with_only_set_fields(client: Client, emulator: Emulator) -> None:
-    client.create_job("a cat", model="flux", width=512, height=512, enhance=True)
+    client.submit("a cat", model="flux", width=512, height=512, enhance=True)
     (create,) = [r for r in emulator.requests if r.method == "POST"]
     assert create.headers["Content-Type"].startswith("multipart/form-data")
     assert create.form == {
@@ -87,7 +87,7 @@ def test_key_from_environment(emulator: Emulator, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
     with Client(poll_schedule=FAST_POLLS) as client:
         assert client.base_url == emulator.url
-        assert client.create_job("a cat").status == "PENDING"
+        assert client.submit("a cat").status == "PENDING"
 
 
 def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
@@ -102,8 +102,8 @@ def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
 def test_wait_resumes_an_existing_job_without_creating_one(
     client: Client, emulator: Emulator
 ) -> None:
-    job = client.create_job("a cat", seed=3)
-    image = client.finish(job.id)
+    job = client.submit("a cat", seed=3)
+    image = client.resume(job.id)
     assert posts(emulator) == 1
     # Metadata comes from what the server recorded.
     assert image.info["miragic"]["prompt"] == "a cat"
@@ -115,7 +115,7 @@ def test_progress_is_reported_while_pending(emulator: Emulator) -> None:
     emulator.job_seconds = 1.0
     with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS) as client:
         seen: list[Job] = []
-        client.wait(client.create_job("a cat"), on_progress=seen.append)
+        client.wait(client.submit("a cat"), on_progress=seen.append)
     pending = [job.progress for job in seen if not job.is_finished]
     assert pending, "expected status reads while the job ran"
     assert all(p is not None and 0 <= p < 100 for p in pending)

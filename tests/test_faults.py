@@ -4,7 +4,7 @@ For each fault the test states what the user gets (the image, or an exception of
 readable one-line message), how many create POSTs reached the server (never more than one per
 generation: a 429 creates no job and is the only create that is retried), and that the job id
 survives: in the exception's ``job_id`` and in the history, with a status that says where the
-job stands. Where the fault can be lifted, ``client.finish(job_id)`` then fetches the very same
+job stands. Where the fault can be lifted, ``client.resume(job_id)`` then fetches the very same
 paid-for result without a new job: nothing is lost.
 """
 
@@ -32,6 +32,7 @@ from miragic_nb import (
     RateLimitError,
 )
 from miragic_nb.emulator import Emulator, Fault
+from miragic_nb.engine import JobHandle, JobState
 from miragic_nb.history import History
 from tests.conftest import FAST_POLLS, eventually
 
@@ -87,7 +88,7 @@ class Case:
     rate_limited: int = 0
     #: Create POSTs that got past the rate limiter (one per generation, at most).
     creates: int = 1
-    #: Lift the fault, then ``client.finish(job_id)`` must return the paid-for image.
+    #: Lift the fault, then ``client.resume(job_id)`` must return the paid-for image.
     recover: Callable[[Emulator, str], object] | None = None
     client_options: dict[str, Any] = field(default_factory=dict)
     same_bytes: bool = True
@@ -312,7 +313,7 @@ def test_fault(case: Case, emulator: Emulator, history: History) -> None:
         assert (record.prompt, record.width, record.seed) == (f"fault {case.id}", 512, 9)
         if case.recover is not None:
             case.recover(emulator, job_id or "")
-            image = client.finish(outcome.job_id or "")
+            image = client.resume(outcome.job_id or "")
             assert creates(emulator) == 1  # the paid-for job, fetched again: no new one
             _assert_image(image, emulator, history, same_bytes=True)
             assert image.metadata["prompt"] == f"fault {case.id}"
@@ -378,15 +379,15 @@ def test_server_gone_while_waiting_keeps_the_job(emulator: Emulator, history: Hi
         created: list[Job] = []
         emulator.faults.never_finish = True
 
-        def stop_server(job: Job) -> None:
-            created.append(job)
-            emulator.stop()  # every status read from now on is refused
+        def stop_server(handle: JobHandle) -> None:
+            if handle.state is JobState.PENDING and handle.job is not None and not created:
+                created.append(handle.job)
+                emulator.stop()  # every status read from now on is refused
 
+        handle = JobHandle(GenerationRequest("a cat", seed=4))
+        handle.subscribe(stop_server)
         with pytest.raises(JobTimeoutError) as info:
-            client.run(
-                GenerationRequest("a cat", seed=4),
-                on_created=stop_server,
-            )
+            client.engine.run(handle)
     (job,) = created
     assert info.value.job_id == job.id
     assert f"client.wait({job.id!r})" in assert_one_line(info.value)
@@ -401,7 +402,7 @@ def test_progress_in_every_form_reaches_the_user_as_a_number(emulator: Emulator,
     emulator.faults.configure(progress=form)
     seen: list[Job] = []
     with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS) as client:
-        client.wait(client.create_job(f"progress {form}"), on_progress=seen.append)
+        client.wait(client.submit(f"progress {form}"), on_progress=seen.append)
     pending = [job.progress for job in seen if not job.is_finished]
     assert pending, "expected status reads while the job ran"
     numbers = [p for p in pending if isinstance(p, float) and 0 <= p < 100]
@@ -415,7 +416,7 @@ def test_missing_progress_is_none_not_zero(emulator: Emulator) -> None:
     emulator.faults.progress = "missing"
     seen: list[Job] = []
     with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS) as client:
-        client.wait(client.create_job("progress missing"), on_progress=seen.append)
+        client.wait(client.submit("progress missing"), on_progress=seen.append)
     assert len(seen) > 1
     assert [job.progress for job in seen[:-1]] == [None] * (len(seen) - 1)
     assert seen[-1].is_completed

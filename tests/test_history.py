@@ -3,6 +3,7 @@ between processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -39,6 +40,7 @@ from miragic_nb.history import (
 from miragic_nb.images import GeneratedImage
 from miragic_nb.jobs import Job
 from miragic_nb.request import GenerationRequest
+from miragic_nb.result_info import ResultInfo
 from tests.first_release import JOBS as FIRST_RELEASE_JOBS
 from tests.first_release import copy_fixture
 
@@ -71,7 +73,7 @@ def png_bytes(seed: int = 1, mode: str = "RGB") -> bytes:
 
 
 def metadata(job_id: str, request: GenerationRequest, *, base_url: str = BASE) -> dict[str, Any]:
-    """The metadata ``Client.finish`` attaches (same keys as ``Client._metadata``)."""
+    """The metadata a result carries (the keys ``ResultInfo.as_dict`` writes)."""
     return {
         "job_id": job_id,
         "prompt": request.prompt,
@@ -189,7 +191,7 @@ def test_reuse_rebuilds_a_generated_image(store: History) -> None:
 
 
 def test_result_metadata_from_the_real_client_is_recorded(store: History) -> None:
-    # Guards the shape contract with Client._metadata, the producer of image.metadata.
+    # Guards the shape contract with ResultInfo, the producer of image.metadata.
     request = GenerationRequest(PROMPT, model="kontext", image_url="https://x.test/in.png", seed=3)
     job = Job.from_record(
         {
@@ -202,8 +204,9 @@ def test_result_metadata_from_the_real_client_is_recorded(store: History) -> Non
         },
         base_url=BASE,
     )
-    with Client(api_key="test-key-0123456789", base_url=BASE) as client:
-        meta = client._metadata(job, request, elapsed=5.5)
+    meta = ResultInfo.of_job(
+        job, request, base_url=BASE, elapsed=5.5, image_size=(request.width, request.height)
+    ).as_dict()
     store.record_created(job.id, request, base_url=BASE)
     record = store.record_result(GeneratedImage.from_bytes(png_bytes(), meta))
     assert record.result_url == f"{BASE}/uploads/out.jpg"
@@ -442,7 +445,7 @@ def test_reuse_hits_an_exact_match_and_marks_the_image_reused(store: History) ->
     saved = complete(store, "job-reuse", REUSE_REQUEST, original)
     assert saved.reuse_key == reuse_key(REUSE_REQUEST, base_url=BASE)
 
-    same = GenerationRequest(**REUSE_REQUEST.as_dict())
+    same = GenerationRequest(**dataclasses.asdict(REUSE_REQUEST))
     assert reused_job(store, same) == saved.job_id
     assert reused_job(store, same, BASE + "/") == saved.job_id  # same server
     image = store.reuse(same, base_url=BASE)
@@ -731,7 +734,9 @@ def test_the_api_key_is_never_written(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     with Client(base_url=BASE) as client:
         assert client.has_api_key
-        meta = client._metadata(job, request, elapsed=1.0)
+        meta = ResultInfo.of_job(
+            job, request, base_url=client.base_url, elapsed=1.0, image_size=(32, 24)
+        ).as_dict()
     # Even a key that strays into the metadata is not persisted: fields are allow-listed.
     meta["api_key"] = secret
     meta["options"] = {**meta["options"], "X-API-Key": secret}

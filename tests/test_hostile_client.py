@@ -325,7 +325,7 @@ def test_odd_recorded_parameters_do_not_break_a_resume() -> None:
     completed = status_answer(parameters=params, metadata={"processingTimeMs": 1200})
     with ScriptedApi(statuses=[completed]) as api:
         with hostile_client(api) as client:
-            image = client.finish(JOB_ID)
+            image = client.resume(JOB_ID)
     assert (image.metadata["width"], image.metadata["height"], image.metadata["seed"]) == (
         1024,
         1024,

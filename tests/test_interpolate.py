@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from miragic_nb.interpolate import MAX_VALUE_CHARS, interpolate, placeholders
+from miragic_nb.interpolate import MAX_VALUE_CHARS, interpolate
 
 NS: dict[str, Any] = {
     "style": "oil painting",
@@ -131,7 +131,3 @@ def test_random_brace_soup_never_raises_and_changes_only_escapes() -> None:
 
 def test_unicode_names_and_values() -> None:
     assert interpolate("{café} ☕ {ñ}", {"café": "crème", "ñ": "ü"}) == "crème ☕ ü"
-
-
-def test_placeholders_lists_only_the_ones_that_resolve() -> None:
-    assert placeholders("{style} {nope} {cfg[size]} {{style}}", NS) == ["style", "cfg[size]"]

@@ -172,7 +172,7 @@ def test_ctrl_c_while_the_create_answer_is_on_the_way_keeps_the_job(
         sent.start()
         try:
             with pytest.raises(KeyboardInterrupt):
-                c.run(GenerationRequest("interrupted while the answer travels"))
+                c.generate(GenerationRequest("interrupted while the answer travels"))
         finally:
             sent.join(10)
     (job_id,) = server.handed_out

@@ -119,7 +119,7 @@ def test_login_refuses_a_malformed_key_and_keeps_none(
     assert isinstance(cell.error, InvalidRequestError)
     assert f"the API key {ALLOWED}" in cell.text
     assert shows_part_of(cell.text, key) is None
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
     assert api.requests == []
 
 

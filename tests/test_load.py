@@ -83,7 +83,7 @@ def test_200_concurrent_jobs_polled_from_16_threads() -> None:
             for index, job in enumerate(emulator.jobs.values()):
                 job.duration = released - job.created_mono + 0.5 + (index % 10) * 0.05
                 job.never_finish = False
-            results, errors = _collect(lambda i: client.finish(jobs[i], requests[i]), JOBS)
+            results, errors = _collect(lambda i: client.resume(jobs[i], request=requests[i]), JOBS)
             total = time.monotonic() - started
             wait_seconds = time.monotonic() - released
 

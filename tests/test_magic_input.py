@@ -142,5 +142,5 @@ def test_login_refuses_a_key_typed_on_the_command_line(
     assert "MIRAGIC_API_KEY" in line
     for part in typed.strip("'").replace("-", " ").split():
         assert part not in line.replace("%miragic login", "")
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
     assert api.requests == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from miragic_nb import builtin
 from miragic_nb.emulator import Emulator
+from miragic_nb.history import History
 from miragic_nb.magic import SUBCOMMANDS, Miragic
 from miragic_nb.request import MODELS
 
@@ -71,7 +73,7 @@ def test_login_keeps_the_key_for_the_session_only(
     assert emulator.requests[0].headers["X-API-Key"] == emulator.api_key
     assert "%miragic login" in run("%miragic config").io.stdout
     run("%miragic logout")
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
 
 
 def test_login_with_nothing_typed_changes_nothing(
@@ -80,7 +82,7 @@ def test_login_with_nothing_typed_changes_nothing(
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": "  ")
     cell = run("%miragic login")
     assert isinstance(cell.error, UsageError)
-    assert not builtin.has_session_key()
+    assert builtin.key_source() != "%miragic login (this session)"
 
 
 def test_resume_needs_a_job_id(run: Runner, api: Emulator) -> None:
@@ -145,6 +147,61 @@ def test_history_lists_jobs_with_thumbnails_and_escapes_prompts(
     assert job_id in table["text/plain"]
     assert "image/png" not in table
     assert run("%miragic history lots").error is not None
+
+
+@pytest.mark.parametrize("how", ["%miragic panel", "Panel()"])
+def test_the_panel_uses_the_settings_given_with_config(
+    run: Runner,
+    ip: InteractiveShell,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    home = tmp_path / "configured-home"
+    monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
+    for line in (
+        f"%config Miragic.base_url = {emulator.url!r}",
+        f"%config Miragic.home = {str(home)!r}",
+        "%config Miragic.timeout = 42.5",
+        "%config Miragic.poll_interval = 0.03",
+        "%config Miragic.max_poll_interval = 0.3",
+    ):
+        assert run(line).error is None
+    made = run(f"from miragic_nb.panel import Panel\nt_panel = {how}")
+    assert made.error is None, made.text
+    panel = ip.user_ns.pop("t_panel")
+    panel.prompt.value = "configured"
+    panel.width.value = panel.height.value = 256
+    job = panel.generate()  # no running loop here: runs to the end
+    assert job is not None
+    assert job.state == "completed", panel.status.value
+    assert job.job_id in emulator.jobs  # Miragic.base_url reached the panel's job
+    client = panel._client()
+    assert client.timeout == 42.5
+    assert (client.poll_schedule.initial_delay, client.poll_schedule.max_delay) == (0.03, 0.3)
+    record = History(home).get(job.job_id)  # Miragic.home: the job is recorded there
+    assert record is not None
+    assert record.status == "COMPLETED"
+    panel.close()
+
+
+def test_the_panel_starts_no_emulator_until_generate(run: Runner, ip: InteractiveShell) -> None:
+    builtin.reset()
+    made = run("t_panel = %miragic panel")
+    assert made.error is None, made.text
+    panel = ip.user_ns.pop("t_panel")
+    assert panel.is_emulator
+    assert builtin.builtin_emulator_running() is None
+    panel.close()
+    assert run("%config Miragic.offline_fallback = False").error is None
+    made = run("t_panel = %miragic panel")
+    panel = ip.user_ns.pop("t_panel")
+    assert "MIRAGIC_API_KEY" in panel.status.value  # the fallback setting reached the panel
+    panel.prompt.value = "no key, no fallback"
+    assert panel.generate() is None
+    assert builtin.builtin_emulator_running() is None
+    panel.close()
 
 
 def test_panel_is_the_value_of_the_line(run: Runner, ip: InteractiveShell, api: Emulator) -> None:

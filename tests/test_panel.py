@@ -102,7 +102,7 @@ def test_elapsed_seconds_move_between_status_reads(emulator: Emulator) -> None:
         async def scenario() -> None:
             panel.generate_button.click()
             job = panel.history[0]
-            await until(lambda: job.state == "running")
+            await until(lambda: job.state == "pending")
             detail = job.progress.widget.children[2]
             shown = detail.value
             polls = emulator.count("GET", STATUS)

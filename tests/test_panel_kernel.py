@@ -172,5 +172,5 @@ def test_a_job_still_polling_does_not_hold_up_the_interpreter_exit(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "leaving running"
+    assert done.stdout.strip() == "leaving pending"
     assert len(keyed_emulator.jobs) == 1

@@ -44,12 +44,12 @@ def test_without_progress_the_learned_duration_saves_status_reads(
 
 
 def test_a_job_resumed_by_id_is_read_at_once(emulator: Emulator, client: Client) -> None:
-    job = client.create_job("resume me", model="turbo", width=256, height=256)
+    job = client.submit("resume me", model="turbo", width=256, height=256)
     record = emulator.wait_for_job(job.id)
     while record.status() != "COMPLETED":  # rendered; now let its 0.3 s run out
         time.sleep(0.02)
     with Client(emulator.api_key, emulator.url, poll_schedule=FAST_POLLS, history=False) as other:
-        other.finish(job.id)  # this client never saw the job created: it reads at once
+        other.resume(job.id)  # this client never saw the job created: it reads at once
     assert emulator.count("GET", STATUS, job_id=job.id) == 1
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 
-from miragic_nb import Client, GenerationRequest, MiragicError
+from miragic_nb import Client, GenerationRequest, InvalidRequestError, MiragicError
 from miragic_nb.emulator import Emulator, Fault
 from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
@@ -111,6 +112,32 @@ def test_key_never_reaches_another_origin(client: Client, keyed: Emulator) -> No
     )
 
 
+def test_key_never_reaches_another_origin_through_a_users_own_session(keyed: Emulator) -> None:
+    with requests.Session() as session:
+        session.headers["User-Agent"] = "my-app/1.0"
+        with Client(SECRET, keyed.url, poll_schedule=FAST_POLLS, session=session) as client:
+            # The first hop of a main-origin result URL redirects to the second origin.
+            keyed.faults.configure(result_url="absolute", result_redirects=3)
+            client.generate("a cat", width=256, height=256)
+            keyed.faults.configure(result_url="second_origin", result_redirects=0)
+            client.generate("a dog", width=256, height=256)
+    second = keyed.second_origin_requests
+    assert len(second) >= 3
+    assert all("X-API-Key" not in r.headers for r in second)
+    assert all(SECRET not in repr(r) for r in second)
+    api = [r for r in keyed.requests if r.path.startswith("/api/")]
+    assert api
+    assert all(r.headers.get("X-API-Key") == SECRET for r in api)
+    assert all(r.headers.get("User-Agent") == "my-app/1.0" for r in api)  # the user's session
+
+
+def test_a_session_with_its_own_auth_is_refused(keyed: Emulator) -> None:
+    with requests.Session() as session:
+        session.auth = ("user", "password")
+        with pytest.raises(InvalidRequestError, match="already has auth"):
+            Client(SECRET, keyed.url, session=session)
+
+
 def test_key_is_not_in_history_files(client: Client, keyed: Emulator) -> None:
     client.generate("kept", width=256, height=256, seed=1)
     for error in _failures(keyed, client):
@@ -184,7 +211,7 @@ def test_key_is_not_in_a_traceback_interrupted_mid_request(client: Client, keyed
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt) as info:
-            client.run(GenerationRequest("interrupted"))
+            client.generate(GenerationRequest("interrupted"))
     finally:
         timer.cancel()
         keyed.faults.reset()

@@ -399,11 +399,13 @@ def _history(magic: Miragic, args: argparse.Namespace) -> None:
 def _usage(magic: Miragic, args: argparse.Namespace) -> None:
     since: datetime | None = args.since
     rows = magic._history().usage(since, by=args.by)
-    period = "all recorded jobs" if since is None else f"since {since:%Y-%m-%d %H:%M %Z}"
+    period = "" if since is None else f" since {since:%Y-%m-%d %H:%M %Z}"
     if not rows:
-        print(f"No jobs recorded ({period}).")
+        print(f"No jobs recorded{period or ' yet'}.")
         return
-    _display(usage_bundle(rows, by=args.by, title=f"Usage, {period}"), raw=True)
+    _display(
+        usage_bundle(rows, by=args.by, title=f"Usage{period or ', all recorded jobs'}"), raw=True
+    )
 
 
 @_subcommand("help", "this overview; %miragic SUBCOMMAND --help shows one subcommand's options")

@@ -129,7 +129,7 @@ def _usage_rows(cell: Run) -> dict[str, list[str]]:
 def test_usage_counts_credits_jobs_failures_and_reuses(
     run: Runner, ip: InteractiveShell, api: Emulator
 ) -> None:
-    assert run("%miragic usage").io.stdout == "No jobs recorded (all recorded jobs).\n"
+    assert run("%miragic usage").io.stdout == "No jobs recorded yet.\n"
     seeded = _make(run, ip, "--model flux --seed 7", "a lighthouse <b>at night</b>")
     _make(run, ip, "--model flux", "a harbour")
     _make(run, ip, "--model turbo", "a gull")
@@ -155,11 +155,11 @@ def test_usage_counts_credits_jobs_failures_and_reuses(
     today = f"{datetime.now(timezone.utc):%Y-%m-%d}"
     by_day = run(f"%miragic usage --by day --since {today}")
     assert _usage_rows(by_day) == {today: ["4", "3", "1", "2"], "total": ["4", "3", "1", "2"]}
-    assert _table(by_day)["text/plain"].startswith(f"Usage, since {today} 00:00 UTC\nday ")
+    assert _table(by_day)["text/plain"].startswith(f"Usage since {today} 00:00 UTC\nday ")
     assert _usage_rows(run("%miragic usage --since 7d"))["total"] == ["4", "3", "1", "2"]
     tomorrow = f"{datetime.now(timezone.utc) + timedelta(days=1):%Y-%m-%d}"
     later = run(f"%miragic usage --since {tomorrow}")
-    assert later.io.stdout == f"No jobs recorded (since {tomorrow} 00:00 UTC).\n"
+    assert later.io.stdout == f"No jobs recorded since {tomorrow} 00:00 UTC.\n"
 
 
 def test_the_usage_table_escapes_what_it_shows() -> None:

@@ -399,7 +399,7 @@ def _history(magic: Miragic, args: argparse.Namespace) -> None:
 def _usage(magic: Miragic, args: argparse.Namespace) -> None:
     since: datetime | None = args.since
     rows = magic._history().usage(since, by=args.by)
-    period = "" if since is None else f" since {since:%Y-%m-%d %H:%M %Z}"
+    period = "" if since is None else f" since {since.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
     if not rows:
         print(f"No jobs recorded{period or ' yet'}.")
         return

@@ -157,6 +157,8 @@ def test_usage_counts_credits_jobs_failures_and_reuses(
     assert _usage_rows(by_day) == {today: ["4", "3", "1", "2"], "total": ["4", "3", "1", "2"]}
     assert _table(by_day)["text/plain"].startswith(f"Usage since {today} 00:00 UTC\nday ")
     assert _usage_rows(run("%miragic usage --since 7d"))["total"] == ["4", "3", "1", "2"]
+    offset = run(f"%miragic usage --since {today}T01:00+01:00")  # midnight UTC, written in +01:00
+    assert _table(offset)["text/plain"].startswith(f"Usage since {today} 00:00 UTC\n")
     tomorrow = f"{datetime.now(timezone.utc) + timedelta(days=1):%Y-%m-%d}"
     later = run(f"%miragic usage --since {tomorrow}")
     assert later.io.stdout == f"No jobs recorded since {tomorrow} 00:00 UTC.\n"

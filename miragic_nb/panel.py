@@ -11,9 +11,9 @@ controls, so a notebook or a test can script it::
     panel.image            # the selected result, a PIL.Image.Image
 
 Generate never blocks the kernel: each job is an asyncio task on the kernel's loop whose
-blocking HTTP calls run in a worker thread (``runner.py``), so every widget update happens on
-the kernel's thread. Without a running loop (a plain script) Generate runs the job to the end
-before returning.
+blocking HTTP calls run on the engine's worker threads (``engine.py``), so every widget update
+happens on the kernel's thread. Without a running loop (a plain script) Generate runs the job
+to the end before returning.
 
 The API key never enters a widget trait: saved widget state would write it into the
 ``.ipynb``. The panel holds only the client object, which keeps the key to itself.

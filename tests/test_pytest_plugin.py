@@ -4,6 +4,9 @@ fresh pytest process with no conftest and no import of the plugin, only the inst
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.test_import_cost import HEAVY, modules_after
@@ -92,3 +95,13 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
     loaded = modules_after("import miragic_nb.pytest_plugin")
     assert "miragic_nb" in loaded
     assert loaded.isdisjoint(HEAVY), sorted(loaded.intersection(HEAVY))
+
+
+def test_the_readmes_example_passes(pytester: pytest.Pytester) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Testing code that uses miragic-nb") :]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert example is not None, "the README's testing section has no Python example"
+    pytester.makepyfile(test_readme=example.group(1))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=example.group(1).count("\ndef test_"))

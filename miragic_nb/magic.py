@@ -1,4 +1,5 @@
-"""``%%miragic`` (generate from the cell's prompt) and ``%miragic`` (subcommands).
+"""``%%miragic`` (generate from the cell's prompt); ``%miragic`` hands its line to the
+subcommands in ``commands.py``.
 
 The magic blocks while jobs run: a kernel processes no widget events during a cell, so the
 kernel interrupt is how a wait is stopped. Jobs run in worker threads; the cell's own thread

@@ -55,6 +55,7 @@ __all__ = [
     "FAILED",
     "METADATA_KEY",
     "PENDING",
+    "STATUSES",
     "TIMEOUT",
     "History",
     "HistoryRecord",
@@ -83,6 +84,8 @@ TIMEOUT = "TIMEOUT"
 CANCELLED = "CANCELLED"
 #: Anything else that ended the wait: a download or decoding failure, a connection error.
 ERROR = "ERROR"
+#: Every status a record can have.
+STATUSES = (PENDING, COMPLETED, FAILED, TIMEOUT, CANCELLED, ERROR)
 
 #: Columns that are ``HistoryRecord`` fields as they are.
 _SAME_NAMED = [

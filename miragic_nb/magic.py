@@ -1,4 +1,5 @@
-"""``%%miragic`` (generate from the cell's prompt) and ``%miragic`` (subcommands).
+"""``%%miragic`` (generate from the cell's prompt); ``%miragic`` hands its line to the
+subcommands in ``commands.py``.
 
 The magic blocks while jobs run: a kernel processes no widget events during a cell, so the
 kernel interrupt is how a wait is stopped. Jobs run in worker threads; the cell's own thread
@@ -11,23 +12,17 @@ short line; ``%config Miragic.short_errors = False`` shows full tracebacks inste
 from __future__ import annotations
 
 import argparse
-import base64
 import builtins
 import contextlib
 import functools
-import getpass
-import html
-import io
 import keyword
-import os
 import queue
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -48,7 +43,6 @@ from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
 from .request import (
-    IMAGE_INPUT_MODELS,
     MAX_SIDE,
     MIN_SIDE,
     MODELS,
@@ -65,28 +59,11 @@ if TYPE_CHECKING:
 MAX_JOBS = 16
 #: Seconds between progress redraws while no status read arrives (elapsed time keeps moving).
 TICK_SECONDS = 0.25
-SUBCOMMANDS = (
-    "models",
-    "config",
-    "login",
-    "logout",
-    "resume",
-    "panel",
-    "emulator",
-    "history",
-    "help",
-)
-LOGIN_ARGUMENT_REFUSED = (
-    "%miragic login takes no argument: a key typed on a command line is kept in the shell's "
-    "history (and the notebook), so it was not used. Run %miragic login alone to type it "
-    "without echo, or set MIRAGIC_API_KEY in the kernel's environment"
-)
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
 #: Names IPython keeps in the user's namespace (output history, input history, directories,
 #: the shell itself) and dunders; a result stored there would break every later cell.
 _SHELL_NAMES = frozenset({"get_ipython", "exit", "quit", "In", "Out"})
 _SHELL_NAME = re.compile(r"_+|_\d+|_i.*|_o.*|_dh.*|__.*__")
-_HISTORY_THUMB = 96
 
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -313,8 +290,8 @@ class Miragic(Magics, Configurable):
         A prompt; {name}, {name.attr} and {name[key]} come from your variables.
 
         The cell's value is a PIL image (a list of them with --n or a model list).
-        Line form: %miragic models | config | login | logout | resume JOB_ID [-o NAME] |
-        panel | emulator start|stop|status | history [N | --notebook PATH] | help
+        Line form: %miragic SUBCOMMAND (models, history, usage, resume...); %miragic help
+        lists them all.
         """
         try:
             if cell is None:
@@ -558,205 +535,10 @@ class Miragic(Magics, Configurable):
     # -- %miragic ----------------------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            if line.split()[0].lower() == "login":  # a key with a quote in it
-                raise UsageError(LOGIN_ARGUMENT_REFUSED) from None
-            raise UsageError(f"%miragic: {exc}") from None
-        if not words:
-            return self._help()
-        command, rest = words[0].lower(), words[1:]
-        handlers: dict[str, Callable[[list[str]], Any]] = {
-            "models": lambda _: self._models(),
-            "config": lambda _: self._config(),
-            "login": self._login,
-            "logout": lambda _: self._logout(),
-            "resume": self._resume,
-            "panel": lambda _: self._panel(),
-            "emulator": self._emulator,
-            "history": self._show_history,
-            "help": lambda _: self._help(),
-        }
-        handler = handlers.get(command)
-        if handler is None:
-            hint = " (prompts go in a %%miragic cell)" if len(words) > 1 or "-" in line else ""
-            raise UsageError(
-                f"%miragic: unknown subcommand {words[0]!r}; use one of "
-                f"{', '.join(SUBCOMMANDS)}{hint}"
-            )
-        return handler(rest)
+        # Imported here: the subcommands import this module, and a cell never needs them.
+        from .commands import run_line
 
-    def _help(self) -> None:
-        print(
-            "%%miragic [options]         generate from the prompt in the cell body\n"
-            "    -m/--model M[,M2]         flux, turbo, gptimage, kontext (a list compares)\n"
-            "    -W/--width, -H/--height, --size WxH   256-2048 pixels\n"
-            "    --seed S, --n N           reproducible seeds; N jobs at once (S, S+1, ...)\n"
-            "    --image-url URL           input image (kontext only)\n"
-            "    --[no-]enhance --[no-]safe --[no-]private --[no-]nologo\n"
-            "    --timeout SECONDS, --fresh (never reuse), -o/--out NAME\n"
-            "%miragic models | config | login | logout | resume JOB_ID [-o NAME] | panel\n"
-            "%miragic emulator start|stop|status | history [N | --notebook PATH] | help\n"
-            "Defaults: %config Miragic (e.g. %config Miragic.model = 'turbo').\n"
-            "Full usage: %%miragic?"
-        )
-
-    def _models(self) -> None:
-        width = max(len(name) for name in MODELS)
-        for name, description in MODELS.items():
-            extra = "  [accepts --image-url]" if name in IMAGE_INPUT_MODELS else ""
-            default = "  (default)" if name == self.model else ""
-            print(f"{name:<{width}}  {description}{extra}{default}")
-
-    def _config(self) -> None:
-        configured = self.config.get("Miragic", {})
-        rows = []
-        for name in sorted(self.class_trait_names(config=True)):
-            source = "%config / ipython_config" if name in configured else "default"
-            rows.append((f"Miragic.{name}", repr(getattr(self, name)), source))
-        key_from = builtin.key_source()
-        rows.append(("API key", "set" if key_from else "not set", key_from or "-"))
-        if self.base_url:
-            rows.append(("base URL", self.base_url, "Miragic.base_url"))
-        elif os.environ.get(config.ENV_BASE_URL):
-            rows.append(("base URL", os.environ[config.ENV_BASE_URL], config.ENV_BASE_URL))
-        else:
-            rows.append(("base URL", config.DEFAULT_BASE_URL, "default"))
-        fallback = builtin.fallback_enabled(self.offline_fallback)
-        fallback_from = (
-            "Miragic.offline_fallback"
-            if not self.offline_fallback
-            else builtin.ENV_OFFLINE_FALLBACK
-            if not fallback
-            else "default"
-        )
-        rows.append(("offline fallback", "on" if fallback else "off", fallback_from))
-        emulator = builtin.builtin_emulator_running()
-        rows.append(("built-in emulator", emulator.url if emulator else "not running", "-"))
-        rows.append(("history", str(self._history().home), "Miragic.home / MIRAGIC_HOME / default"))
-        widths = [max(len(row[i]) for row in rows) for i in range(2)]
-        for name, value, source in rows:
-            print(f"{name:<{widths[0]}}  {value:<{widths[1]}}  ({source})")
-
-    def _login(self, words: list[str]) -> None:
-        if words:
-            raise UsageError(LOGIN_ARGUMENT_REFUSED)
-        try:
-            key = getpass.getpass("Miragic API key (kept for this session only): ")
-        except (StdinNotImplementedError, EOFError):
-            # papermill, nbclient, Voilà: no one can type a key; fail now instead of waiting.
-            # Not a UsageError: runners report only an error's name and value, not stderr.
-            raise self._shorten(
-                MissingAPIKeyError(
-                    "%miragic login: this frontend cannot ask for input; set MIRAGIC_API_KEY "
-                    "in the kernel's environment instead",
-                    field="api_key",
-                )
-            ) from None
-        if not key.strip():
-            raise UsageError("%miragic login: no key entered; nothing changed")
-        builtin.set_session_key(key)
-        print("Key set for this session (not saved anywhere).")
-
-    def _logout(self) -> None:
-        builtin.clear_session_key()
-        print("Session key forgotten.")
-
-    def _resume(self, words: list[str]) -> Any:
-        parser = argparse.ArgumentParser(prog="%miragic resume", add_help=False)
-        parser.add_argument("job_id")
-        parser.add_argument("-o", "--out", type=_name)
-        parser.add_argument("--timeout", type=_seconds)
-        try:
-            args, extra = parser.parse_known_args(words)
-        except SystemExit:
-            raise UsageError("%miragic resume JOB_ID [-o NAME] [--timeout S]") from None
-        if extra:
-            raise UsageError(
-                f"%miragic resume: unexpected {' '.join(extra)}; usage: "
-                "%miragic resume JOB_ID [-o NAME] [--timeout S]"
-            )
-        engine = self._resolve().client.engine
-        slot = _Slot(
-            label="resume",
-            request=GenerationRequest("(resumed job)"),
-            progress=self._make_progress("resume", many=False),
-            resume_id=args.job_id,
-        )
-        self._run(
-            [slot],
-            lambda handle, workers: engine.start(
-                handle,
-                timeout=args.timeout or self.timeout,
-                workers=workers,
-            ),
-        )
-        return self._finish([slot], args.out, False, columns=1)
-
-    def _panel(self) -> Any:
-        """The panel, as the line's value: shown by the displayhook and kept in ``_``."""
-        try:
-            from .panel import Panel
-        except ImportError:
-            raise UsageError("%miragic panel: the panel is not available in this version") from None
-        return Panel(settings=self.settings())
-
-    def _emulator(self, words: list[str]) -> None:
-        action = words[0].lower() if words else "status"
-        if action == "start":
-            emulator = builtin.start_builtin_emulator()
-            print(
-                f"Built-in emulator running at {emulator.url}; cells use it until "
-                "`%miragic emulator stop` (placeholder images, no credits)."
-            )
-        elif action == "stop":
-            stopped = builtin.stop_builtin_emulator()
-            print(
-                "Built-in emulator stopped."
-                if stopped
-                else "The built-in emulator was not running."
-            )
-        elif action == "status":
-            running = builtin.builtin_emulator_running()
-            print(
-                f"Built-in emulator running at {running.url}"
-                if running
-                else "Built-in emulator not running."
-            )
-        else:
-            raise UsageError("%miragic emulator start|stop|status")
-
-    def _show_history(self, words: list[str]) -> None:
-        if len(words) == 2 and words[0] == "--notebook":
-            from .provenance import report
-
-            try:
-                print("\n".join(report(os.path.expanduser(words[1]), self._history())))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"%miragic history --notebook: {exc}") from None
-            return
-        limit = parse_decimal(words[0]) if words else 10
-        if len(words) > 1 or limit is None:
-            raise UsageError(
-                "%miragic history [N] | --notebook PATH  (N: how many recent jobs, default 10; "
-                "PATH: list the jobs whose images a notebook shows)"
-            )
-        records = self._history().records(limit)
-        if not records:
-            print("No jobs recorded yet.")
-            return
-        text = [
-            f"{r.created_at:%Y-%m-%d %H:%M}  {r.status:<9}  {r.model or '?'}  "
-            f"{r.width}×{r.height}  seed {r.seed}  {r.job_id}  {(r.prompt or '')[:60]}"
-            for r in records
-        ]
-        rows = "".join(_history_row(r) for r in records)
-        table = (
-            "<table><tr><th></th><th>created</th><th>status</th><th>model</th><th>size</th>"
-            f"<th>seed</th><th>job</th><th>prompt</th></tr>{rows}</table>"
-        )
-        _display({"text/html": table, "text/plain": "\n".join(text)}, raw=True)
+        return run_line(self, line)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -808,39 +590,6 @@ def _one_line(exc: BaseException | None, hint: str = "") -> str:
         return str(exc)
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text + hint
-
-
-def _history_row(record: Any) -> str:
-    thumb = ""
-    if record.path is not None:
-        try:
-            from PIL import Image
-
-            with Image.open(record.path) as image:
-                image.thumbnail((_HISTORY_THUMB, _HISTORY_THUMB))
-                buffer = io.BytesIO()
-                image.convert("RGB").save(buffer, "JPEG", quality=70)
-            data = base64.b64encode(buffer.getvalue()).decode("ascii")
-            thumb = f'<img src="data:image/jpeg;base64,{data}">'
-        except (OSError, ValueError):
-            thumb = ""
-    cells = [
-        thumb,
-        f"{record.created_at:%Y-%m-%d %H:%M}",
-        record.status,
-        record.model or "?",
-        f"{record.width}×{record.height}",
-        "" if record.seed is None else str(record.seed),
-        record.job_id,
-        (record.prompt or "")[:120],
-    ]
-    return (
-        "<tr>"
-        + "".join(
-            f"<td>{cell if i == 0 else html.escape(cell)}</td>" for i, cell in enumerate(cells)
-        )
-        + "</tr>"
-    )
 
 
 def loaded_settings() -> builtin.Settings | None:

@@ -180,7 +180,7 @@ MAGIC_LINE_ROWS: list[tuple[str, type[BaseException], str]] = [
     ("%miragic resume ../../etc", InvalidRequestError, "job_id must be an id the API returned"),
     ("%miragic history lots", UsageError, "%miragic history [N]"),
     ("%miragic history 1 2", UsageError, "%miragic history [N]"),
-    ("%miragic emulator reboot", UsageError, "%miragic emulator start|stop|status"),
+    ("%miragic emulator reboot", UsageError, "%miragic emulator [start|stop|status]"),
     ("%miragic 'unclosed", UsageError, "No closing quotation"),
 ]
 

@@ -11,9 +11,10 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from miragic_nb import builtin
+from miragic_nb.commands import SUBCOMMANDS
 from miragic_nb.emulator import Emulator
 from miragic_nb.history import History
-from miragic_nb.magic import SUBCOMMANDS, Miragic
+from miragic_nb.magic import Miragic
 from miragic_nb.request import MODELS
 
 if TYPE_CHECKING:

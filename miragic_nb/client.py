@@ -36,6 +36,7 @@ from .errors import (
     RateLimitError,
     server_text,
 )
+from .image_inputs import PLACEHOLDER_URL, Uploader, resolve_image_url
 from .images import MAX_PIXELS, GeneratedImage
 from .jobs import Job, check_job_id, job_id_of
 from .polling import (
@@ -92,6 +93,11 @@ class Client(config.HoldsKey):
     - ``resume(job_or_id) -> GeneratedImage``: wait for an existing job and fetch its image,
       from this kernel or another one (no new job).
 
+    ``image_url`` (``kontext``) may be a URL, a result (``GeneratedImage``), a ``Job`` or job
+    id, or a local file, ``bytes`` or PIL image; the last three go through ``uploader``
+    (``(data, mimetype) -> https URL``, default: ``miragic_nb.set_uploader``'s), see
+    ``docs/image-inputs.md``.
+
     ``prompt`` may also be a ready ``GenerationRequest``. Low level, without the history:
     ``create(request) -> Job`` (the one ``POST``) and ``download(job) -> (bytes, Job)``.
     """
@@ -110,6 +116,7 @@ class Client(config.HoldsKey):
         durations: DurationLearner | None = None,
         history: History | bool = True,
         session: requests.Session | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         # Rebind the argument first: a traceback that captures locals (IPython's verbose mode,
         # capture_locals=True) then shows only the Secret, whatever fails below.
@@ -128,6 +135,8 @@ class Client(config.HoldsKey):
         self._session = transport.make_session(
             self.base_url, CREATE_PATH, self._api_key, session=session
         )
+        #: Puts local input pictures where the API can fetch them; None: ``set_uploader``'s.
+        self.uploader = uploader
         #: Runs this client's jobs: reuse, the history, deadlines, cancellation.
         self.engine = Engine(self, history=_history(history))
 
@@ -175,7 +184,7 @@ class Client(config.HoldsKey):
         (``GeneratedImage``) whose ``info["miragic"]`` says how it was made and whose
         ``original_bytes`` are the server's own. ``on_progress`` sees each status read.
         """
-        request = _request(prompt, options)
+        request = self._request(prompt, options)
         limit = self.timeout if timeout is None else check_timeout(timeout)
         handle = JobHandle(request)
         if on_progress is not None:
@@ -184,7 +193,7 @@ class Client(config.HoldsKey):
 
     def submit(self, prompt: str | GenerationRequest, **options: Any) -> Job:
         """Start one generation (costs a credit), record its id, return the ``PENDING`` job."""
-        return self.engine.submit(_request(prompt, options))
+        return self.engine.submit(self._request(prompt, options))
 
     def resume(
         self,
@@ -207,6 +216,21 @@ class Client(config.HoldsKey):
         if on_progress is not None:
             handle.subscribe(_reporting(on_progress))
         return self.engine.run(handle, timeout=limit)
+
+    def resolve_image_url(self, value: object) -> str | None:
+        """The URL to send as ``image_url`` for ``value`` (a URL, result, job, job id, file,
+        bytes or PIL image): a status read for a job's fresh result URL, ``uploader`` for a
+        local picture (once). Raises ``InvalidRequestError`` before uploading anything."""
+        return resolve_image_url(value, jobs=self, uploader=self.uploader)
+
+    def _request(
+        self, prompt: str | GenerationRequest, options: dict[str, Any]
+    ) -> GenerationRequest:
+        """``_request``, with the ``image_url`` option resolved to the URL to send."""
+        if isinstance(prompt, str) and options.get("image_url") is not None:
+            _request(prompt, {**options, "image_url": PLACEHOLDER_URL})
+            options = {**options, "image_url": self.resolve_image_url(options["image_url"])}
+        return _request(prompt, options)
 
     # -- the API calls -------------------------------------------------------------------------
 

@@ -1,0 +1,417 @@
+"""Image-to-image from what the user holds: results, job ids, local files, bytes, PIL images.
+
+Local pictures go through a loopback uploader (a small HTTP server on 127.0.0.1 that stores
+what it is sent and serves it back); the emulator fetches ``kontext`` inputs from loopback
+only, and its job result is the transform of exactly the uploaded picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from PIL import Image
+
+import miragic_nb
+from miragic_nb import image_inputs
+from miragic_nb.client import Client
+from miragic_nb.emulator import Emulator
+from miragic_nb.emulator.render import transform_image
+from miragic_nb.errors import InvalidRequestError
+from miragic_nb.images import GeneratedImage
+from miragic_nb.panel import Panel
+from tests.conftest import FAST_POLLS
+from tests.panel_fixtures import CREATE, STATUS, until
+
+if TYPE_CHECKING:
+    from tests.magic_fixtures import Runner
+
+pytest_plugins = ["tests.magic_fixtures"]
+
+SEED = 7
+
+
+@dataclass
+class LoopbackUploader:
+    """An uploader that PUTs to a loopback store and returns the URL serving the bytes back."""
+
+    base_url: str
+    stored: dict[str, tuple[bytes, str]]
+    gets: list[str]
+    calls: list[tuple[int, str]] = field(default_factory=list)
+
+    def __call__(self, data: bytes, mimetype: str) -> str:
+        self.calls.append((len(data), mimetype))
+        url = f"{self.base_url}/uploads/{len(self.calls)}"
+        put = urllib.request.Request(
+            url, data=data, method="PUT", headers={"Content-Type": mimetype}
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(put, timeout=5) as answer:
+            assert answer.status == 201
+        return url
+
+    def data(self, url: str) -> bytes:
+        return self.stored[url.removeprefix(self.base_url)][0]
+
+
+@pytest.fixture
+def uploader() -> Iterator[LoopbackUploader]:
+    stored: dict[str, tuple[bytes, str]] = {}
+    gets: list[str] = []
+
+    class Store(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            stored[self.path] = (body, self.headers.get("Content-Type", ""))
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            gets.append(self.path)
+            body, mimetype = stored.get(self.path, (b"", ""))
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", mimetype or "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LoopbackUploader(f"http://127.0.0.1:{server.server_port}", stored, gets)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_default_uploader() -> Iterator[None]:
+    image_inputs.set_uploader(None)
+    yield
+    image_inputs.set_uploader(None)
+
+
+#: Addresses sockets connected to while ``connections`` is recording (an audit hook: hooks
+#: cannot be removed, so this one only records while asked to).
+_connections: list[object] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.connect" and _connections is not None:
+        _connections.append(args[1])
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def connections() -> Iterator[list[object]]:
+    global _connections
+    _connections = []
+    try:
+        yield _connections
+    finally:
+        _connections = None
+
+
+def picture(color: str = "teal", size: tuple[int, int] = (300, 200)) -> Image.Image:
+    image = Image.new("RGB", size, color)
+    image.paste(Image.new("RGB", (size[0] // 3, size[1] // 3), "orange"), (20, 20))
+    return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def source_image(client: Client) -> GeneratedImage:
+    return client.generate("a source picture", width=256, height=256, seed=1, reuse=False)
+
+
+def edit(client: Client, image_url: object) -> GeneratedImage:
+    return client.generate(
+        "make it winter", model="kontext", width=256, height=256, seed=SEED, image_url=image_url
+    )
+
+
+# -- results and jobs ------------------------------------------------------------------------
+
+
+def test_a_result_is_sent_as_its_result_url(client: Client, emulator: Emulator) -> None:
+    source = source_image(client)
+    result = edit(client, source)
+    sent = emulator.jobs[result.metadata["job_id"]].form["image_url"]
+    assert sent == source.metadata["result_url"]
+    assert result.metadata["image_url"] == sent
+    # The emulator fetched the source result and edited it: the transform of those bytes.
+    assert result.original_bytes == transform_image(
+        source.original_bytes, "make it winter", "kontext", SEED, 256, 256
+    )
+
+
+def test_a_job_id_or_job_is_re_read_for_its_result_url(client: Client, emulator: Emulator) -> None:
+    source = source_image(client)
+    job_id = source.metadata["job_id"]
+    emulator.clear_requests()
+    by_id = edit(client, job_id)
+    assert emulator.count("GET", STATUS + job_id) == 1  # the id's result URL, read once
+    job = client.submit("another edit", model="kontext", image_url=client.get_job(job_id))
+    for made in (by_id.metadata["job_id"], job.id):
+        assert emulator.jobs[made].form["image_url"] == source.metadata["result_url"]
+
+
+def test_an_expired_result_url_is_replaced_by_a_fresh_one(
+    client: Client, emulator: Emulator
+) -> None:
+    emulator.faults.url_ttl = 1.0
+    source = source_image(client)
+    old_url = source.metadata["result_url"]
+    expires = image_inputs.url_expires_at(old_url)
+    assert expires is not None
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    emulator.faults.url_ttl = 600  # URLs minted from now on stay valid
+    result = edit(client, source)  # the old URL would fail the job: the emulator gets a 403
+    sent = emulator.jobs[result.metadata["job_id"]].form["image_url"]
+    assert sent != old_url
+    assert sent.split("?")[0] == old_url.split("?")[0]
+    assert result.original_bytes == transform_image(
+        source.original_bytes, "make it winter", "kontext", SEED, 256, 256
+    )
+
+
+def test_expiry_is_read_from_emulator_and_s3_signed_urls() -> None:
+    assert image_inputs.url_expires_at("http://h/f.jpg?expires=1700000000123&signature=ab") == (
+        1700000000.123
+    )
+    s3 = "https://b.s3.amazonaws.com/k.png?X-Amz-Date=20240101T000000Z&X-Amz-Expires=3600&X-Amz-Signature=x"
+    assert image_inputs.url_expires_at(s3) == 1704067200 + 3600
+    assert image_inputs.url_expires_at("https://example.com/plain.png") is None
+
+
+# -- local pictures through the uploader -------------------------------------------------------
+
+
+def test_local_file_bytes_and_pil_image_are_uploaded_once_each(
+    tmp_path: Path, emulator: Emulator, uploader: LoopbackUploader
+) -> None:
+    jpeg = io.BytesIO()
+    picture("navy").save(jpeg, "JPEG", quality=90)
+    path = tmp_path / "holiday photo.jpg"
+    path.write_bytes(jpeg.getvalue())
+    inputs: list[tuple[object, bytes | None, str]] = [
+        (path, jpeg.getvalue(), "image/jpeg"),
+        (str(path), jpeg.getvalue(), "image/jpeg"),
+        (png_bytes(picture("maroon")), png_bytes(picture("maroon")), "image/png"),
+        (picture("olive"), None, "image/png"),  # someone else's PIL image: sent as PNG
+    ]
+    with Client(
+        api_key=emulator.api_key,
+        base_url=emulator.url,
+        poll_schedule=FAST_POLLS,
+        timeout=20,
+        uploader=uploader,
+    ) as client:
+        for number, (value, expected, mimetype) in enumerate(inputs, start=1):
+            result = edit(client, value)
+            assert len(uploader.calls) == number  # one upload per input, whatever the retries
+            assert uploader.calls[-1][1] == mimetype
+            url = f"{uploader.base_url}/uploads/{number}"
+            assert emulator.jobs[result.metadata["job_id"]].form["image_url"] == url
+            assert result.metadata["image_url"] == url  # the URL, never the bytes
+            uploaded = uploader.data(url)
+            if expected is not None:
+                assert uploaded == expected
+            else:
+                assert isinstance(value, Image.Image)
+                assert Image.open(io.BytesIO(uploaded)).tobytes() == value.tobytes()
+            assert result.original_bytes == transform_image(
+                uploaded, "make it winter", "kontext", SEED, 256, 256
+            )
+    assert len(uploader.gets) == len(inputs)  # each upload fetched once, by the emulator
+
+
+def test_set_uploader_serves_clients_without_their_own(
+    client: Client, emulator: Emulator, uploader: LoopbackUploader
+) -> None:
+    miragic_nb.set_uploader(uploader)
+    result = edit(client, png_bytes(picture()))
+    assert len(uploader.calls) == 1
+    assert result.metadata["image_url"].startswith(uploader.base_url)
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "pil", "edited result"])
+def test_without_an_uploader_nothing_is_sent_and_one_line_says_why(
+    kind: str,
+    tmp_path: Path,
+    client: Client,
+    emulator: Emulator,
+    uploader: LoopbackUploader,
+    connections: list[object],
+) -> None:
+    path = tmp_path / "in.png"
+    path.write_bytes(png_bytes(picture()))
+    value: object = {"path": path, "bytes": path.read_bytes(), "pil": picture()}.get(kind)
+    if value is None:
+        connections.clear()  # making the result below connects, of course
+        source = source_image(client)
+        source.putpixel((0, 0), (1, 2, 3))  # edited in place: no longer the server's picture
+        value = source
+        emulator.clear_requests()
+        connections.clear()
+    with pytest.raises(InvalidRequestError) as caught:
+        edit(client, value)
+    message = str(caught.value)
+    assert "\n" not in message
+    for advice in ("public URL", "set_uploader", "uploader="):
+        assert advice in message
+    assert emulator.requests == []
+    assert uploader.gets == []
+    assert uploader.stored == {}
+    assert connections == []  # no socket opened at all
+
+
+def test_a_wrong_model_is_refused_before_anything_is_uploaded(
+    emulator: Emulator, uploader: LoopbackUploader
+) -> None:
+    with Client(api_key=emulator.api_key, base_url=emulator.url, uploader=uploader) as client:
+        with pytest.raises(InvalidRequestError, match="works only with model 'kontext'"):
+            client.generate("x", model="flux", image_url=png_bytes(picture()))
+    assert uploader.calls == []
+    assert emulator.requests == []
+
+
+def test_a_missing_file_or_a_non_picture_is_refused_before_anything_is_sent(
+    tmp_path: Path, client: Client, emulator: Emulator, uploader: LoopbackUploader
+) -> None:
+    miragic_nb.set_uploader(uploader)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(InvalidRequestError, match="no file"):
+        edit(client, str(tmp_path / "missing.png"))
+    with pytest.raises(InvalidRequestError, match="not a readable picture"):
+        edit(client, tmp_path / "notes.txt")
+    assert uploader.calls == []
+    assert emulator.requests == []
+
+
+# -- the magic ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("syntax", ["{t_source}", "$t_source", "t_source"])
+def test_the_magic_takes_a_held_result(
+    syntax: str, run: Runner, ip: InteractiveShell, api: Emulator
+) -> None:
+    first = run("%%miragic --size 256x256 -o t_source\nsource picture")
+    assert first.error is None, first.text
+    source = ip.user_ns["t_source"]
+    cell = run(f"%%miragic -m kontext --size 256x256 --image-url {syntax}\nmake it winter")
+    assert cell.error is None, cell.text
+    result = ip.user_ns["_"]
+    assert api.jobs[result.metadata["job_id"]].form["image_url"] == source.metadata["result_url"]
+
+
+def test_the_magic_uploads_a_local_file_once_for_all_its_jobs(
+    tmp_path: Path, run: Runner, ip: InteractiveShell, api: Emulator, uploader: LoopbackUploader
+) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes(picture()))
+    cell = run(f"%%miragic -m kontext --size 256x256 --n 2 --image-url {path}\nmake it winter")
+    assert cell.error is not None
+    assert "set_uploader" in str(cell.error)
+    assert api.requests == []  # no uploader yet: nothing sent
+    miragic_nb.set_uploader(uploader)
+    cell = run(f"%%miragic -m kontext --size 256x256 --n 2 --image-url {path}\nmake it winter")
+    assert cell.error is None, cell.text
+    assert len(uploader.calls) == 1
+    forms = [job.form for job in api.jobs.values()]
+    assert [form["image_url"] for form in forms] == [f"{uploader.base_url}/uploads/1"] * 2
+
+
+# -- the panel ---------------------------------------------------------------------------------
+
+
+def test_the_panel_field_takes_a_held_result(
+    ip: InteractiveShell, client: Client, emulator: Emulator
+) -> None:
+    source = source_image(client)
+    ip.user_ns["t_held"] = source
+    panel = Panel(client)
+    panel.prompt.value = "make it winter"
+    panel.model.value = "kontext"
+    panel.image_url.value = "{t_held}"
+
+    async def scenario() -> None:
+        panel.generate_button.click()
+        await until(lambda: panel.image is not None, limit=15)
+
+    try:
+        asyncio.run(scenario())
+        assert panel.image is not None
+        job = emulator.jobs[panel.image.metadata["job_id"]]
+        assert job.form["image_url"] == source.metadata["result_url"]
+    finally:
+        panel.close()
+
+
+def test_the_panel_refreshes_an_expired_result_it_was_given(
+    client: Client, emulator: Emulator
+) -> None:
+    emulator.faults.url_ttl = 1.0
+    source = source_image(client)
+    panel = Panel(client)
+    panel.use_as_input(source)
+    panel.prompt.value = "make it winter"
+    old_url = panel.image_url.value
+    expires = image_inputs.url_expires_at(old_url)
+    assert expires is not None
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    emulator.faults.url_ttl = 600
+
+    async def scenario() -> None:
+        panel.generate_button.click()
+        await until(lambda: panel.image is not None, limit=15)
+
+    try:
+        asyncio.run(scenario())
+        assert panel.image is not None
+        sent = emulator.jobs[panel.image.metadata["job_id"]].form["image_url"]
+        assert sent != old_url
+        assert sent.split("?")[0] == old_url.split("?")[0]
+    finally:
+        panel.close()
+
+
+def test_the_panel_without_an_uploader_says_why_and_sends_nothing(
+    tmp_path: Path, client: Client, emulator: Emulator
+) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes(picture()))
+    panel = Panel(client)
+    panel.prompt.value = "make it winter"
+    panel.model.value = "kontext"
+    panel.image_url.value = str(path)
+    try:
+        assert panel.generate() is None
+        assert "set_uploader" in panel.errors["image_url"].value
+        assert emulator.count("POST", CREATE) == 0
+        assert emulator.requests == []
+    finally:
+        panel.close()

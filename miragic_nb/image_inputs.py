@@ -58,10 +58,10 @@ _SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "
 #: File names with these endings are paths even when the file is missing (a job id could
 #: otherwise look like "cat.png").
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-_HOW_TO_UPLOAD = (
-    "the API fetches input images from a public URL; set an uploader that puts the picture "
-    "where it can: Client(uploader=fn) or miragic_nb.set_uploader(fn), fn(data, mimetype) -> "
-    "https URL (see docs/image-inputs.md)"
+_NO_UPLOADER = (
+    "image_url: a local picture needs a public URL the API can fetch it from, and no uploader "
+    "is set: pass Client(uploader=fn) or call miragic_nb.set_uploader(fn), where fn(data, "
+    "mimetype) stores the bytes and returns an https URL (see docs/image-inputs.md)"
 )
 _NAME = re.compile(r"[^\W\d]\w*")
 
@@ -246,7 +246,7 @@ def _picture_bytes(data: bytes, what: str) -> tuple[bytes, str]:
             return _encode(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidRequestError(
-            f"image_url: {what} is not a readable picture ({type(exc).__name__})",
+            f"image_url: {what} cannot be read as a picture ({type(exc).__name__})",
             field="image_url",
         ) from None
 
@@ -262,9 +262,7 @@ def _encode(image: Image.Image) -> tuple[bytes, str]:
 def _upload(data: bytes, mimetype: str, uploader: Uploader | None) -> str:
     uploader = uploader if uploader is not None else current_uploader()
     if uploader is None:
-        raise InvalidRequestError(
-            f"image_url: a local picture needs a URL; {_HOW_TO_UPLOAD}", field="image_url"
-        )
+        raise InvalidRequestError(_NO_UPLOADER, field="image_url")
     url = uploader(data, mimetype)
     if not isinstance(url, str):
         raise InvalidRequestError(

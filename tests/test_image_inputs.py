@@ -306,7 +306,7 @@ def test_a_missing_file_or_a_non_picture_is_refused_before_anything_is_sent(
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(InvalidRequestError, match="no file"):
         edit(client, str(tmp_path / "missing.png"))
-    with pytest.raises(InvalidRequestError, match="not a readable picture"):
+    with pytest.raises(InvalidRequestError, match="cannot be read as a picture"):
         edit(client, tmp_path / "notes.txt")
     assert uploader.calls == []
     assert emulator.requests == []

@@ -42,6 +42,7 @@ __all__ = [
     "restore_held_names",
     "set_uploader",
     "url_expires_at",
+    "url_to_check",
 ]
 
 #: ``(data, mimetype) -> URL``: puts the bytes somewhere the API can fetch them.
@@ -148,6 +149,13 @@ def url_expires_at(url: str) -> float | None:
                 continue
             return start.timestamp() + int(lifetime)
     return None
+
+
+def url_to_check(text: str | None) -> str | None:
+    """A field's or option's text as checked with the rest of the request: a URL as given
+    (its own rules apply); a job id, a file or a held picture as ``PLACEHOLDER_URL``, turned
+    into a URL only once everything else is valid."""
+    return text if text is None or "://" in text else PLACEHOLDER_URL
 
 
 def held_value(text: str, namespace: Mapping[str, Any]) -> object:

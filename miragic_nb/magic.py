@@ -44,7 +44,7 @@ from .errors import (
     MissingAPIKeyError,
 )
 from .gallery import ImageGrid
-from .image_inputs import PLACEHOLDER_URL, held_value, restore_held_names
+from .image_inputs import held_value, restore_held_names, url_to_check
 from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
@@ -345,8 +345,11 @@ class Miragic(Magics, Configurable):
         client = self._resolve().client
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
-            url = client.resolve_image_url(held_value(args.image_url, self._namespace()))
-            requests = [replace(request, image_url=url) for request in requests]
+            try:
+                url = client.resolve_image_url(held_value(args.image_url, self._namespace()))
+                requests = [replace(request, image_url=url) for request in requests]
+            except InvalidRequestError as exc:
+                raise UsageError(f"%%miragic: {exc.message}") from None
         engine = client.engine
         slots = self._slots(requests, many=len(requests) > 1)
         self._run(
@@ -391,7 +394,7 @@ class Miragic(Magics, Configurable):
                             model=model,
                             width=width,
                             height=height,
-                            image_url=None if args.image_url is None else PLACEHOLDER_URL,
+                            image_url=url_to_check(args.image_url),
                             seed=None if args.seed is None else args.seed + index,
                             enhance=args.enhance,
                             safe=args.safe,

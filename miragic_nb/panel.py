@@ -37,7 +37,7 @@ from PIL import Image
 from .engine import CancelledBeforeStart, JobHandle, JobState, Workers, on_loop
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .filenames import safe_stem
-from .image_inputs import PLACEHOLDER_URL, held_value
+from .image_inputs import held_value, url_to_check
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
 
@@ -397,10 +397,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 request = replace(request, image_url=url)
         except MiragicError as exc:
             if isinstance(exc, InvalidRequestError) and exc.field == "image_url":
-                self.errors[
-                    "image_url"
-                ].value = f"<span style='{_ERROR_STYLE}'>⚠ {html.escape(exc.message)}</span>"
-            self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
+                self._show_field_problems({"image_url": exc.message})
+            else:
+                self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
             return None
         label = _excerpt(request.prompt, 28)
         progress = make_progress(label, widgets=True)
@@ -621,8 +620,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         prompt = self.prompt.value
         model = self.model.value
         url = self.image_url.value.strip() or None
-        # A job id, a file or a held {img} is turned into a URL only once the rest is valid.
-        checked_url = url if url is None or "://" in url else PLACEHOLDER_URL
+        checked_url = url_to_check(url)
         seed: Any = self.seed.value.strip() or None  # digits are accepted and converted
         checks: dict[str, Callable[[], object]] = {
             "prompt": lambda: GenerationRequest(prompt),
@@ -639,6 +637,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 check()
             except InvalidRequestError as exc:
                 problems[name] = exc.message
+        self._show_field_problems(problems)
+        if problems:
+            return None
+        return GenerationRequest(
+            prompt,
+            model=model,
+            width=self.width.value,
+            height=self.height.value,
+            image_url=checked_url,
+            seed=seed,
+        )
+
+    def _show_field_problems(self, problems: dict[str, str]) -> None:
+        """Each field's problem beside it (the others cleared), and what to do in the status."""
         for name, box in self.errors.items():
             message = problems.get(name)
             box.value = (
@@ -651,15 +663,6 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 + ("s" if len(problems) > 1 else "")
                 + " marked ⚠.",
             )
-            return None
-        return GenerationRequest(
-            prompt,
-            model=model,
-            width=self.width.value,
-            height=self.height.value,
-            image_url=checked_url,
-            seed=seed,
-        )
 
     def _image_input(self) -> object:
         """What the Image URL field names: the result "Use as input" put there, a variable of

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,73 +31,56 @@ from miragic_nb.errors import InvalidRequestError
 from miragic_nb.images import GeneratedImage
 from miragic_nb.panel import Panel
 from tests.conftest import FAST_POLLS
-from tests.panel_fixtures import CREATE, STATUS, until
+from tests.loopback import loopback_server
+from tests.panel_fixtures import STATUS, panel, until
 
 if TYPE_CHECKING:
     from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
+__all__ = ["panel"]  # the fixture, used by name
 
 SEED = 7
 
 
 @dataclass
 class LoopbackUploader:
-    """An uploader that PUTs to a loopback store and returns the URL serving the bytes back."""
+    """An uploader that POSTs to a loopback store and returns the URL serving the bytes back."""
 
     base_url: str
-    stored: dict[str, tuple[bytes, str]]
-    gets: list[str]
+    stored: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    gets: list[str] = field(default_factory=list)
     calls: list[tuple[int, str]] = field(default_factory=list)
 
     def __call__(self, data: bytes, mimetype: str) -> str:
         self.calls.append((len(data), mimetype))
         url = f"{self.base_url}/uploads/{len(self.calls)}"
-        put = urllib.request.Request(
-            url, data=data, method="PUT", headers={"Content-Type": mimetype}
-        )
+        post = urllib.request.Request(url, data=data, headers={"Content-Type": mimetype})
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(put, timeout=5) as answer:
-            assert answer.status == 201
+        with opener.open(post, timeout=5) as answer:
+            assert answer.status == 200
         return url
 
     def data(self, url: str) -> bytes:
         return self.stored[url.removeprefix(self.base_url)][0]
 
+    def answer(self, request: BaseHTTPRequestHandler, method: str) -> tuple[str, bytes]:
+        """The store: a POST keeps the body under its path, a GET serves it back."""
+        if method == "POST":
+            body: bytes = getattr(request, "body", b"")
+            self.stored[request.path] = (body, request.headers["Content-Type"])
+            return "text/plain", b"stored"
+        self.gets.append(request.path)
+        stored, mimetype = self.stored.get(request.path, (b"", "text/plain"))
+        return mimetype, stored
+
 
 @pytest.fixture
 def uploader() -> Iterator[LoopbackUploader]:
-    stored: dict[str, tuple[bytes, str]] = {}
-    gets: list[str] = []
-
-    class Store(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            stored[self.path] = (body, self.headers.get("Content-Type", ""))
-            self.send_response(201)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_GET(self) -> None:
-            gets.append(self.path)
-            body, mimetype = stored.get(self.path, (b"", ""))
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", mimetype or "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield LoopbackUploader(f"http://127.0.0.1:{server.server_port}", stored, gets)
-    finally:
-        server.shutdown()
-        server.server_close()
+    store = LoopbackUploader("")
+    with loopback_server(store.answer) as url:
+        store.base_url = url
+        yield store
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +135,12 @@ def edit(client: Client, image_url: object) -> GeneratedImage:
     )
 
 
+def wait_until_expired(url: str) -> None:
+    expires = image_inputs.url_expires_at(url)
+    assert expires is not None
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+
+
 # -- results and jobs ------------------------------------------------------------------------
 
 
@@ -185,9 +173,7 @@ def test_an_expired_result_url_is_replaced_by_a_fresh_one(
     emulator.faults.url_ttl = 1.0
     source = source_image(client)
     old_url = source.metadata["result_url"]
-    expires = image_inputs.url_expires_at(old_url)
-    assert expires is not None
-    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    wait_until_expired(old_url)
     emulator.faults.url_ttl = 600  # URLs minted from now on stay valid
     result = edit(client, source)  # the old URL would fail the job: the emulator gets a 403
     sent = emulator.jobs[result.metadata["job_id"]].form["image_url"]
@@ -348,70 +334,53 @@ def test_the_magic_uploads_a_local_file_once_for_all_its_jobs(
 # -- the panel ---------------------------------------------------------------------------------
 
 
+def sent_by_panel(panel: Panel, emulator: Emulator) -> str:
+    """Press Generate, wait for the result, and return the image_url its job was sent."""
+
+    async def scenario() -> None:
+        panel.generate_button.click()
+        await until(lambda: panel.image is not None, limit=15)
+
+    asyncio.run(scenario())
+    assert panel.image is not None
+    return emulator.jobs[panel.image.metadata["job_id"]].form["image_url"]
+
+
 def test_the_panel_field_takes_a_held_result(
-    ip: InteractiveShell, client: Client, emulator: Emulator
+    ip: InteractiveShell, panel: Panel, client: Client, emulator: Emulator
 ) -> None:
     source = source_image(client)
     ip.user_ns["t_held"] = source
-    panel = Panel(client)
     panel.prompt.value = "make it winter"
     panel.model.value = "kontext"
     panel.image_url.value = "{t_held}"
-
-    async def scenario() -> None:
-        panel.generate_button.click()
-        await until(lambda: panel.image is not None, limit=15)
-
-    try:
-        asyncio.run(scenario())
-        assert panel.image is not None
-        job = emulator.jobs[panel.image.metadata["job_id"]]
-        assert job.form["image_url"] == source.metadata["result_url"]
-    finally:
-        panel.close()
+    assert sent_by_panel(panel, emulator) == source.metadata["result_url"]
 
 
 def test_the_panel_refreshes_an_expired_result_it_was_given(
-    client: Client, emulator: Emulator
+    panel: Panel, client: Client, emulator: Emulator
 ) -> None:
     emulator.faults.url_ttl = 1.0
     source = source_image(client)
-    panel = Panel(client)
     panel.use_as_input(source)
     panel.prompt.value = "make it winter"
     old_url = panel.image_url.value
-    expires = image_inputs.url_expires_at(old_url)
-    assert expires is not None
-    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    wait_until_expired(old_url)
     emulator.faults.url_ttl = 600
-
-    async def scenario() -> None:
-        panel.generate_button.click()
-        await until(lambda: panel.image is not None, limit=15)
-
-    try:
-        asyncio.run(scenario())
-        assert panel.image is not None
-        sent = emulator.jobs[panel.image.metadata["job_id"]].form["image_url"]
-        assert sent != old_url
-        assert sent.split("?")[0] == old_url.split("?")[0]
-    finally:
-        panel.close()
+    sent = sent_by_panel(panel, emulator)
+    assert sent != old_url
+    assert sent.split("?")[0] == old_url.split("?")[0]
 
 
 def test_the_panel_without_an_uploader_says_why_and_sends_nothing(
-    tmp_path: Path, client: Client, emulator: Emulator
+    tmp_path: Path, panel: Panel, emulator: Emulator
 ) -> None:
     path = tmp_path / "photo.png"
     path.write_bytes(png_bytes(picture()))
-    panel = Panel(client)
     panel.prompt.value = "make it winter"
     panel.model.value = "kontext"
     panel.image_url.value = str(path)
-    try:
-        assert panel.generate() is None
-        assert "set_uploader" in panel.errors["image_url"].value
-        assert emulator.count("POST", CREATE) == 0
-        assert emulator.requests == []
-    finally:
-        panel.close()
+    assert panel.generate() is None
+    assert "set_uploader" in panel.errors["image_url"].value
+    assert "Nothing was sent" in panel.status.value
+    assert emulator.requests == []

@@ -59,6 +59,8 @@ CREATE_PATH = "/api/v1/image/generate"
 JOB_PATH = "/api/v1/image/jobs/"
 #: Largest result body accepted; a 2048×2048 JPEG is a few MB.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+#: Answers of a result host for a file that has expired or is gone.
+GONE_STATUSES = (403, 404, 410)
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -417,7 +419,7 @@ class Client(config.HoldsKey):
         try:
             return self._fetch_with_retries(job.result_url, job_id=job.id, cancel=cancel), job
         except DownloadError as exc:
-            if exc.status_code not in (403, 404, 410):
+            if exc.status_code not in GONE_STATUSES:
                 raise
             log.info("result URL of job %s refused (%s); reading a fresh one", job.id, exc)
         fresh = self.get_job(job.id)
@@ -426,6 +428,21 @@ class Client(config.HoldsKey):
                 "the job has no result URL any more", status_code=200, job_id=job.id
             )
         return self._fetch_with_retries(fresh.result_url, job_id=job.id, cancel=cancel), fresh
+
+    def result_url_refused(self, url: str) -> bool:
+        """True when the result host answers a ``HEAD`` of ``url`` with 403, 404 or 410 (an
+        expired signature, a removed file); any other answer or failure leaves it to the API."""
+        import requests
+
+        try:
+            transport.refuse_link_local(url)
+            with self._session.head(
+                url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
+            ) as response:
+                return response.status_code in GONE_STATUSES
+        except requests.RequestException as exc:
+            log.info("could not check result URL %s (%s)", transport.strip_userinfo(url), exc)
+            return False
 
     def _fetch_with_retries(
         self, url: str, *, job_id: str, cancel: threading.Event | None = None

@@ -5,7 +5,8 @@ the magic, the panel) passes what the user gave through ``resolve_image_url``:
 
 - an ``http(s)`` URL is sent as it is (``GenerationRequest`` checks it);
 - a result (``GeneratedImage``), a ``Job`` or a job id gives the job's result URL; a signed URL
-  that has expired, or is about to, is replaced by a fresh one from a status read;
+  that has expired, or is about to (by the expiry written in it, else by its host refusing a
+  ``HEAD``), is replaced by a fresh one from a status read;
 - a local file, ``bytes`` or any other PIL image is handed to the user's **uploader**, a
   callable ``(data, mimetype) -> https URL`` set with ``Client(uploader=...)`` or, for every
   face at once, ``miragic_nb.set_uploader(fn)``. Without one nothing is sent or uploaded: the
@@ -71,9 +72,11 @@ _lock = threading.Lock()
 
 
 class JobReader(Protocol):
-    """What resolution needs of a client: one status read."""
+    """What resolution needs of a client: a status read, and a look at a result URL."""
 
     def get_job(self, job_id: str) -> Job: ...
+
+    def result_url_refused(self, url: str) -> bool: ...
 
 
 def set_uploader(uploader: Uploader | None) -> None:
@@ -213,7 +216,7 @@ def _from_text(text: str, *, jobs: JobReader, uploader: Uploader | None) -> str:
 
 def _result_url(job_id: str, url: str | None, jobs: JobReader) -> str:
     """``url`` while it still works for a while, else the job's current result URL."""
-    if url and not _expiring(url):
+    if url and _still_usable(url, jobs):
         return url
     job = jobs.get_job(job_id)
     if not job.is_completed or not job.result_url:
@@ -226,9 +229,11 @@ def _result_url(job_id: str, url: str | None, jobs: JobReader) -> str:
     return job.result_url
 
 
-def _expiring(url: str) -> bool:
+def _still_usable(url: str, jobs: JobReader) -> bool:
     expires = url_expires_at(url)
-    return expires is not None and expires - time.time() < EXPIRY_MARGIN_S
+    if expires is not None:
+        return expires - time.time() >= EXPIRY_MARGIN_S
+    return not jobs.result_url_refused(url)  # no expiry written in it: ask its host
 
 
 def _read_file(path: Path) -> tuple[bytes, str]:

@@ -184,6 +184,24 @@ def test_an_expired_result_url_is_replaced_by_a_fresh_one(
     )
 
 
+def test_a_result_url_without_a_written_expiry_is_checked_with_its_host(
+    client: Client, emulator: Emulator
+) -> None:
+    source = source_image(client)
+    job_id, url = source.metadata["job_id"], source.metadata["result_url"]
+    emulator.clear_requests()
+    assert edit(client, source).metadata["image_url"] == url  # the host still serves it
+    assert emulator.count("HEAD", url.split(emulator.url)[1]) == 1
+    assert emulator.count("GET", STATUS + job_id) == 0
+    # Signed from now on: the URL the result holds has no signature, so its host refuses it.
+    emulator.faults.url_ttl = 600
+    emulator.clear_requests()
+    sent = edit(client, source).metadata["image_url"]
+    assert emulator.count("GET", STATUS + job_id) == 1
+    assert sent != url
+    assert image_inputs.url_expires_at(sent) is not None
+
+
 def test_expiry_is_read_from_emulator_and_s3_signed_urls() -> None:
     assert image_inputs.url_expires_at("http://h/f.jpg?expires=1700000000123&signature=ab") == (
         1700000000.123

@@ -227,12 +227,14 @@ class Client(config.HoldsKey):
         return resolve_image_url(value, jobs=self, uploader=self.uploader)
 
     def _request(
-        self, prompt: str | GenerationRequest, options: dict[str, Any]
+        self, prompt: str | GenerationRequest, options: RequestOptions
     ) -> GenerationRequest:
         """``_request``, with the ``image_url`` option resolved to the URL to send."""
-        if isinstance(prompt, str) and options.get("image_url") is not None:
-            _request(prompt, {**options, "image_url": PLACEHOLDER_URL})
-            options = {**options, "image_url": self.resolve_image_url(options["image_url"])}
+        given = options.get("image_url")
+        if isinstance(prompt, str) and given is not None:
+            checked: RequestOptions = {**options, "image_url": PLACEHOLDER_URL}
+            _request(prompt, checked)
+            options = {**options, "image_url": self.resolve_image_url(given)}
         return _request(prompt, options)
 
     # -- the API calls -------------------------------------------------------------------------
@@ -530,7 +532,9 @@ def _request(prompt: str | GenerationRequest, options: RequestOptions) -> Genera
             "timeout, on_progress and reuse",
             field=unknown[0],
         )
-    return GenerationRequest(prompt, **options)
+    # image_url is a URL by now (Client._request resolved what the user held); anything else
+    # is refused by GenerationRequest's own check.
+    return GenerationRequest(prompt, **options)  # type: ignore[arg-type]
 
 
 def _reporting(on_progress: ProgressCallback) -> Callable[[JobHandle], None]:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import InvalidRequestError
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PLACEHOLDER_URL",
+    "ImageInput",
     "Uploader",
     "current_uploader",
     "held_value",
@@ -46,6 +47,10 @@ __all__ = [
     "url_to_check",
 ]
 
+#: What ``image_url=`` accepts (a ``GeneratedImage`` is a PIL image).
+ImageInput: TypeAlias = (
+    "str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | Job | None"
+)
 #: ``(data, mimetype) -> URL``: puts the bytes somewhere the API can fetch them.
 Uploader = Callable[[bytes, str], str]
 

@@ -30,6 +30,7 @@ from miragic_nb.emulator.render import transform_image
 from miragic_nb.errors import InvalidRequestError
 from miragic_nb.images import GeneratedImage
 from miragic_nb.panel import Panel
+from miragic_nb.provenance import METADATA_KEY
 from tests.conftest import FAST_POLLS
 from tests.loopback import loopback_server
 from tests.panel_fixtures import STATUS, panel, until
@@ -241,6 +242,7 @@ def test_local_file_bytes_and_pil_image_are_uploaded_once_each(
             url = f"{uploader.base_url}/uploads/{number}"
             assert emulator.jobs[result.metadata["job_id"]].form["image_url"] == url
             assert result.metadata["image_url"] == url  # the URL, never the bytes
+            assert result.display_bundle()[1][METADATA_KEY]["image_url"] == url  # the output's
             uploaded = uploader.data(url)
             if expected is not None:
                 assert uploaded == expected

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from .client import Client
+    from .image_inputs import set_uploader
     from .images import GeneratedImage
     from .jobs import Job
     from .panel import Panel
@@ -58,6 +59,7 @@ __all__ = [
     "RateLimitError",
     "generate",
     "history",
+    "set_uploader",
 ]
 
 # Public names that live in modules with heavy imports, loaded on first attribute access.
@@ -67,6 +69,7 @@ _LAZY = {
     "Job": "jobs",
     "GenerationRequest": "request",
     "Panel": "panel",
+    "set_uploader": "image_inputs",
 }
 
 _default_client: Client | None = None

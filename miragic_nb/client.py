@@ -36,6 +36,7 @@ from .errors import (
     RateLimitError,
     server_text,
 )
+from .image_inputs import PLACEHOLDER_URL, Uploader, resolve_image_url
 from .images import MAX_PIXELS, GeneratedImage
 from .jobs import Job, check_job_id, job_id_of
 from .polling import (
@@ -59,6 +60,8 @@ CREATE_PATH = "/api/v1/image/generate"
 JOB_PATH = "/api/v1/image/jobs/"
 #: Largest result body accepted; a 2048×2048 JPEG is a few MB.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+#: Answers of a result host for a file that has expired or is gone.
+GONE_STATUSES = (403, 404, 410)
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -93,6 +96,11 @@ class Client(config.HoldsKey):
     - ``resume(job_or_id) -> GeneratedImage``: wait for an existing job and fetch its image,
       from this kernel or another one (no new job).
 
+    ``image_url`` (``kontext``) may be a URL, a result (``GeneratedImage``), a ``Job`` or job
+    id, or a local file, ``bytes`` or PIL image; the last three go through ``uploader``
+    (``(data, mimetype) -> https URL``, default: ``miragic_nb.set_uploader``'s), see
+    ``docs/image-inputs.md``.
+
     ``prompt`` may also be a ready ``GenerationRequest``. Low level, without the history:
     ``create(request) -> Job`` (the one ``POST``) and ``download(job) -> (bytes, Job)``.
     """
@@ -111,6 +119,7 @@ class Client(config.HoldsKey):
         durations: DurationLearner | None = None,
         history: History | bool = True,
         session: requests.Session | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         # Rebind the argument first: a traceback that captures locals (IPython's verbose mode,
         # capture_locals=True) then shows only the Secret, whatever fails below.
@@ -129,6 +138,8 @@ class Client(config.HoldsKey):
         self._session = transport.make_session(
             self.base_url, CREATE_PATH, self._api_key, session=session
         )
+        #: Puts local input pictures where the API can fetch them; None: ``set_uploader``'s.
+        self.uploader = uploader
         #: Runs this client's jobs: reuse, the history, deadlines, cancellation.
         self.engine = Engine(self, history=_history(history))
 
@@ -176,7 +187,7 @@ class Client(config.HoldsKey):
         (``GeneratedImage``) whose ``info["miragic"]`` says how it was made and whose
         ``original_bytes`` are the server's own. ``on_progress`` sees each status read.
         """
-        request = _request(prompt, options)
+        request = self._request(prompt, options)
         limit = self.timeout if timeout is None else check_timeout(timeout)
         handle = JobHandle(request)
         if on_progress is not None:
@@ -185,7 +196,7 @@ class Client(config.HoldsKey):
 
     def submit(self, prompt: str | GenerationRequest, **options: Unpack[RequestOptions]) -> Job:
         """Start one generation (costs a credit), record its id, return the ``PENDING`` job."""
-        return self.engine.submit(_request(prompt, options))
+        return self.engine.submit(self._request(prompt, options))
 
     def resume(
         self,
@@ -208,6 +219,23 @@ class Client(config.HoldsKey):
         if on_progress is not None:
             handle.subscribe(_reporting(on_progress))
         return self.engine.run(handle, timeout=limit)
+
+    def resolve_image_url(self, value: object) -> str | None:
+        """The URL to send as ``image_url`` for ``value`` (a URL, result, job, job id, file,
+        bytes or PIL image): a status read for a job's fresh result URL, ``uploader`` for a
+        local picture (once). Raises ``InvalidRequestError`` before uploading anything."""
+        return resolve_image_url(value, jobs=self, uploader=self.uploader)
+
+    def _request(
+        self, prompt: str | GenerationRequest, options: RequestOptions
+    ) -> GenerationRequest:
+        """``_request``, with the ``image_url`` option resolved to the URL to send."""
+        given = options.get("image_url")
+        if isinstance(prompt, str) and given is not None:
+            checked: RequestOptions = {**options, "image_url": PLACEHOLDER_URL}
+            _request(prompt, checked)
+            options = {**options, "image_url": self.resolve_image_url(given)}
+        return _request(prompt, options)
 
     # -- the API calls -------------------------------------------------------------------------
 
@@ -394,7 +422,7 @@ class Client(config.HoldsKey):
         try:
             return self._fetch_with_retries(job.result_url, job_id=job.id, cancel=cancel), job
         except DownloadError as exc:
-            if exc.status_code not in (403, 404, 410):
+            if exc.status_code not in GONE_STATUSES:
                 raise
             log.info("result URL of job %s refused (%s); reading a fresh one", job.id, exc)
         fresh = self.get_job(job.id)
@@ -403,6 +431,21 @@ class Client(config.HoldsKey):
                 "the job has no result URL any more", status_code=200, job_id=job.id
             )
         return self._fetch_with_retries(fresh.result_url, job_id=job.id, cancel=cancel), fresh
+
+    def result_url_refused(self, url: str) -> bool:
+        """True when the result host answers a ``HEAD`` of ``url`` with 403, 404 or 410 (an
+        expired signature, a removed file); any other answer or failure leaves it to the API."""
+        import requests
+
+        try:
+            transport.refuse_link_local(url)
+            with self._session.head(
+                url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
+            ) as response:
+                return response.status_code in GONE_STATUSES
+        except requests.RequestException as exc:
+            log.info("could not check result URL %s (%s)", transport.strip_userinfo(url), exc)
+            return False
 
     def _fetch_with_retries(
         self, url: str, *, job_id: str, cancel: threading.Event | None = None
@@ -489,7 +532,9 @@ def _request(prompt: str | GenerationRequest, options: RequestOptions) -> Genera
             "timeout, on_progress and reuse",
             field=unknown[0],
         )
-    return GenerationRequest(prompt, **options)
+    # image_url is a URL by now (Client._request resolved what the user held); anything else
+    # is refused by GenerationRequest's own check.
+    return GenerationRequest(prompt, **options)  # type: ignore[arg-type]
 
 
 def _reporting(on_progress: ProgressCallback) -> Callable[[JobHandle], None]:

@@ -19,7 +19,7 @@ import keyword
 import queue
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
@@ -39,6 +39,7 @@ from .errors import (
     MissingAPIKeyError,
 )
 from .gallery import ImageGrid
+from .image_inputs import held_value, restore_held_names, url_to_check
 from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
@@ -263,7 +264,11 @@ class Miragic(Magics, Configurable):
     @_argument("-W", "--width", type=_side, help=f"width in pixels, {MIN_SIDE}-{MAX_SIDE}")
     @_argument("-H", "--height", type=_side, help=f"height in pixels, {MIN_SIDE}-{MAX_SIDE}")
     @_argument("--size", type=_size, metavar="WxH", help="width and height at once: 1024x768")
-    @_argument("--image-url", help="input image for image-to-image (model kontext only)")
+    @_argument(
+        "--image-url",
+        help="input image for image-to-image (model kontext only): a URL, a job id, a file, "
+        "or {img} for a result or picture you hold",
+    )
     @_argument("--seed", type=_seed, help="non-negative integer; same seed, same picture")
     @_argument(
         "--enhance", action=argparse.BooleanOptionalAction, help="let the API rewrite the prompt"
@@ -304,7 +309,7 @@ class Miragic(Magics, Configurable):
 
     def _cell(self, line: str, cell: str) -> Any:
         try:
-            args = _parse_argstring(self.miragic, line)
+            args = _parse_argstring(self.miragic, restore_held_names(line, self._namespace()))
         except UsageError as exc:
             raise UsageError(f"%%miragic: {exc} (see %%miragic? for the options)") from None
         body = cell.strip()
@@ -314,7 +319,15 @@ class Miragic(Magics, Configurable):
         if not prompt.strip():
             raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
         requests = self._requests(args, prompt)
-        engine = self._resolve().client.engine
+        client = self._resolve().client
+        if args.image_url is not None:
+            # Resolved once for every job of the cell: one status read or one upload.
+            try:
+                url = client.resolve_image_url(held_value(args.image_url, self._namespace()))
+                requests = [replace(request, image_url=url) for request in requests]
+            except InvalidRequestError as exc:
+                raise UsageError(f"%%miragic: {exc.message}") from None
+        engine = client.engine
         slots = self._slots(requests, many=len(requests) > 1)
         self._run(
             slots,
@@ -358,7 +371,7 @@ class Miragic(Magics, Configurable):
                             model=model,
                             width=width,
                             height=height,
-                            image_url=args.image_url,
+                            image_url=url_to_check(args.image_url),
                             seed=None if args.seed is None else args.seed + index,
                             enhance=args.enhance,
                             safe=args.safe,

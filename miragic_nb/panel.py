@@ -27,7 +27,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from .described_image import DescribedImage
 from .engine import CancelledBeforeStart, JobHandle, JobState, Workers, on_loop
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .filenames import safe_stem
+from .image_inputs import held_value, url_to_check
 from .progress import JobProgress, WidgetProgress, make_progress
 from .request import IMAGE_INPUT_MODELS, MAX_SIDE, MIN_SIDE, MODELS, GenerationRequest
 
@@ -180,6 +181,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     def __init__(self, client: Client | None = None, *, settings: Settings | None = None) -> None:
         self._fixed_client = client
+        self._input_image: GeneratedImage | None = None
         self._settings = settings
         self._workers = Workers()
         self._jobs: list[PanelJob] = []
@@ -241,7 +243,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             style=label,
         )
         self.image_url = widgets.Text(
-            placeholder="https://… (kontext only)",
+            placeholder="https://…, a job id, a file or {img} (kontext only)",
             description="Image URL",
             style=label,
             layout=widgets.Layout(width="60%"),
@@ -392,8 +394,14 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                     "`%miragic login` or the offline emulator",
                     field="api_key",
                 )
+            if request.image_url is not None:
+                url = client.resolve_image_url(self._image_input())
+                request = replace(request, image_url=url)
         except MiragicError as exc:
-            self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
+            if isinstance(exc, InvalidRequestError) and exc.field == "image_url":
+                self._show_field_problems({"image_url": exc.message})
+            else:
+                self._show_status(_ERROR_STYLE, "✗ " + html.escape(_one_line(exc)))
             return None
         label = _excerpt(request.prompt, 28)
         progress = make_progress(label, widgets=True)
@@ -470,6 +478,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             )
         self.model.value = "kontext"
         self.image_url.value = url
+        # Kept so Generate sends a fresh URL if this one has expired by then.
+        self._input_image = image
         self._show_status(
             _MUTED_STYLE,
             "Model set to kontext with the result as input image; edit the prompt to say what "
@@ -613,6 +623,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         prompt = self.prompt.value
         model = self.model.value
         url = self.image_url.value.strip() or None
+        checked_url = url_to_check(url)
         seed: Any = self.seed.value.strip() or None  # digits are accepted and converted
         checks: dict[str, Callable[[], object]] = {
             "prompt": lambda: GenerationRequest(prompt),
@@ -621,7 +632,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 "-", width=self.width.value, height=self.height.value
             ),
             "seed": lambda: GenerationRequest("-", seed=seed),
-            "image_url": lambda: GenerationRequest("-", model=model, image_url=url),
+            "image_url": lambda: GenerationRequest("-", model=model, image_url=checked_url),
         }
         problems: dict[str, str] = {}
         for name, check in checks.items():
@@ -629,6 +640,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 check()
             except InvalidRequestError as exc:
                 problems[name] = exc.message
+        self._show_field_problems(problems)
+        if problems:
+            return None
+        return GenerationRequest(
+            prompt,
+            model=model,
+            width=self.width.value,
+            height=self.height.value,
+            image_url=checked_url,
+            seed=seed,
+        )
+
+    def _show_field_problems(self, problems: dict[str, str]) -> None:
+        """Each field's problem beside it (the others cleared), and what to do in the status."""
         for name, box in self.errors.items():
             message = problems.get(name)
             box.value = (
@@ -641,15 +666,18 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 + ("s" if len(problems) > 1 else "")
                 + " marked ⚠.",
             )
-            return None
-        return GenerationRequest(
-            prompt,
-            model=model,
-            width=self.width.value,
-            height=self.height.value,
-            image_url=url,
-            seed=seed,
-        )
+
+    def _image_input(self) -> object:
+        """What the Image URL field names: the result "Use as input" put there, a variable of
+        the notebook (``img`` or ``{img}``), else the text (a URL, job id or file)."""
+        text = self.image_url.value.strip()
+        held = self._input_image
+        if held is not None and text == held.metadata.get("result_url"):
+            return held
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return held_value(text, shell.user_ns if shell is not None else {})
 
     def _client(self) -> Client:
         if self._fixed_client is not None:

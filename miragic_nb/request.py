@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from .image_inputs import ImageInput
 
 #: The models the API accepts, with what each is for.
 MODELS: Mapping[str, str] = {
@@ -34,7 +37,8 @@ class RequestOptions(TypedDict, total=False):
     model: str
     width: int
     height: int
-    image_url: str | None
+    #: A URL, or what ``image_inputs`` turns into one (a result, a job, a file...).
+    image_url: ImageInput
     seed: int | None
     enhance: bool | None
     safe: bool | None

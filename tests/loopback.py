@@ -21,7 +21,8 @@ def loopback_server(answer: Answer) -> Iterator[str]:
             self._reply("GET")
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            #: What was posted, for answers that keep it.
+            self.body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             self._reply("POST")
 
         def _reply(self, method: str) -> None:

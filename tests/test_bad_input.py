@@ -63,7 +63,8 @@ GENERATE_ROWS: list[tuple[dict[str, Any], str]] = [
         "image_url must be an http(s) URL, got 'ftp://example.com/a.jpg'",
     ),
     ({"model": "kontext", "image_url": "http://"}, "image_url must be an http(s) URL"),
-    ({"model": "kontext", "image_url": "a.jpg"}, "image_url must be an http(s) URL, got 'a.jpg'"),
+    # Not a URL: a local file, which must exist (docs/image-inputs.md).
+    ({"model": "kontext", "image_url": "a.jpg"}, "there is no file 'a.jpg'; give an http(s) URL"),
     ({"seed": -1}, "seed must be a non-negative integer, got -1"),
     ({"seed": "abc"}, "seed must be a non-negative integer, got 'abc'"),
     ({"seed": 1.5}, "seed must be a non-negative integer, got 1.5"),

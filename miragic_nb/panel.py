@@ -497,7 +497,11 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         image = image if image is not None else self._selected
         if image is None:
             raise InvalidRequestError("there is no result to save yet")
-        target = _save_path(image, path if path is not None else self.save_path.value)
+        given = path if path is not None else self.save_path.value
+        target = _save_path(image, given)
+        # A blank "Save to" names the file alone: a page served to others (the app) must not
+        # show them the server's folders.
+        shown = str(target) if str(given).strip() else f"{target.name} in the current folder"
         meta = _file_metadata(image)
         data, embedded = _with_metadata(image.original_bytes, meta)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -509,7 +513,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             where = f"in {sidecar.name}"
         self._show_status(
             _OK_STYLE,
-            f"Saved {html.escape(str(target))} (prompt and parameters {html.escape(where)}).",
+            f"Saved {html.escape(shown)} (prompt and parameters {html.escape(where)}).",
         )
         return target
 

@@ -269,3 +269,20 @@ def test_a_blank_save_path_never_leaves_the_current_folder(
         Path("outer/work"),
         saved.relative_to(tmp_path),
     ]
+
+
+def test_a_blank_save_path_shows_the_file_name_not_the_servers_folders(
+    panel: Panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The app serves the panel to people who must not learn the server's folders.
+    work = tmp_path / "private-folder-name"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "JPEG")
+    image = GeneratedImage.from_bytes(buffer.getvalue(), {"job_id": "job-1", "prompt": "p"})
+
+    saved = panel.save(image, path="")
+    assert saved.parent == work
+    assert f"Saved {saved.name} in the current folder" in panel.status.value
+    assert "private-folder-name" not in panel.status.value

@@ -14,10 +14,11 @@ generation under one deadline (``timeout``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -50,6 +51,7 @@ from .result_info import whole_number
 if TYPE_CHECKING:
     import requests
 
+    from .batch import BatchCounts, BatchResult, Plan
     from .history import History
 
 log = logging.getLogger("miragic_nb")
@@ -91,6 +93,9 @@ class Client(config.HoldsKey):
     - ``wait(job_or_id, *, timeout, on_progress) -> Job``: poll until it is ``COMPLETED``.
     - ``resume(job_or_id) -> GeneratedImage``: wait for an existing job and fetch its image,
       from this kernel or another one (no new job).
+    - ``generate_many(items, ...) -> BatchResult``: many jobs, paced to the service's rate
+      limits, resumable after a crash, with a dry run and a credit budget.
+    - ``await agenerate(prompt, **options) -> GeneratedImage``: ``generate`` for asyncio.
 
     ``prompt`` may also be a ready ``GenerationRequest``. Low level, without the history:
     ``create(request) -> Job`` (the one ``POST``) and ``download(job) -> (bytes, Job)``.
@@ -207,6 +212,68 @@ class Client(config.HoldsKey):
         if on_progress is not None:
             handle.subscribe(_reporting(on_progress))
         return self.engine.run(handle, timeout=limit)
+
+    def generate_many(
+        self,
+        items: Sequence[str | Mapping[str, Any]],
+        *,
+        concurrency: int | str = "auto",
+        max_credits: int | None = None,
+        dry_run: bool = False,
+        fresh: bool = False,
+        timeout: float | None = None,
+        on_progress: Callable[[BatchCounts], None] | None = None,
+        name: str | None = None,
+        retry_uncertain: bool = False,
+    ) -> BatchResult | Plan:
+        """Generate many images; a rerun of the same batch resumes it (see ``docs/batches.md``).
+
+        ``items`` are prompts or dicts of ``generate`` options, all validated before anything
+        is sent. Returns a ``BatchResult`` aligned with ``items`` (None where an item failed;
+        ``.errors`` says why), or with ``dry_run`` the ``Plan`` and nothing sent.
+        ``max_credits`` refuses (``BudgetExceededError``) a plan creating more jobs.
+        ``concurrency``: ``"auto"`` adapts to the service's rate limits; a number caps it.
+        """
+        from .batch import Batch, check_budget
+        from .batch_progress import batch_progress
+
+        batch = Batch(
+            self,
+            items,
+            name=name,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry_uncertain=retry_uncertain,
+        )
+        plan = batch.plan(fresh=fresh)
+        if dry_run:
+            return plan
+        check_budget(plan, max_credits)
+        with batch_progress(plan, on_progress) as show:
+            return batch.run(plan, on_change=show)
+
+    async def agenerate(
+        self,
+        prompt: str | GenerationRequest,
+        *,
+        timeout: float | None = None,
+        reuse: bool = True,
+        **options: Any,
+    ) -> GeneratedImage:
+        """``generate`` for asyncio: ``await client.agenerate(prompt, **options)``.
+
+        The job runs on the engine's workers, so many of them (``asyncio.gather``) run at
+        once. Cancelling the task stops polling at once; the job id stays in the history,
+        marked cancelled, and ``client.resume(job_id)`` picks it up.
+        """
+        request = _request(prompt, options)
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        handle = self.engine.start(JobHandle(request), timeout=limit, reuse=reuse)
+        try:
+            return await handle.wait_async()
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
 
     # -- the API calls -------------------------------------------------------------------------
 

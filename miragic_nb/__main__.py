@@ -1,8 +1,12 @@
-"""``python -m miragic_nb demo``: run the quickstart notebook headless and save the results.
+"""``python -m miragic_nb``: run the quickstart notebook headless, or a batch from a file.
 
 Usage::
 
     python -m miragic_nb demo [--output DIR] [--notebook NAME] [--timeout SECONDS]
+    python -m miragic_nb batch FILE --out DIR [--model M] [--size WxH] [--seed N]
+        [--concurrency N|auto] [--max-credits N] [--dry-run] [--fresh]
+
+``batch`` is described in ``cli_batch.py`` and ``docs/batches.md``.
 
 With no ``MIRAGIC_API_KEY`` the notebook runs on the built-in emulator (no network, no
 credits); with a key it calls the real API. The executed ``.ipynb`` and an ``.html`` rendering
@@ -17,13 +21,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import demo
+from . import cli_batch, demo
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m miragic_nb",
-        description="miragic-nb command line: run the bundled notebooks headless.",
+        description="miragic-nb command line: run the bundled notebooks headless, or a batch.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"longest a single cell may run (default: {demo.DEFAULT_CELL_TIMEOUT_S:g})",
     )
     run.add_argument("--list", action="store_true", help="list the bundled notebooks and exit")
+    cli_batch.add_parser(commands)
     return parser
 
 
@@ -100,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "batch":
+        return cli_batch.run(args)
     return 2  # argparse rejects unknown commands before this
 
 

@@ -100,6 +100,23 @@ class CancelledBeforeStart(MiragicError):
 Listener = Callable[["JobHandle"], None]
 
 
+class Cancellation:
+    """The cancel switch of one job, or of a group that stops together (a cell's jobs).
+
+    Pulling it and a job's "may I send the create?" happen under one lock, so once it is
+    pulled no job on it sends anything, and a cancel can say truthfully whether a credit may
+    have been spent.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.event.set()
+
+
 class JobHandle:
     """One job: its request, id, state, progress, result or error, and its events.
 
@@ -107,7 +124,13 @@ class JobHandle:
     change; a face hands it on to its own thread. ``cancel`` stops the job at its next step.
     """
 
-    def __init__(self, request: GenerationRequest | None, *, job_id: str | None = None) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest | None,
+        *,
+        job_id: str | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> None:
         self.request = request
         self.id = job_id
         self.state = JobState.QUEUED
@@ -117,7 +140,7 @@ class JobHandle:
         self.job: Job | None = None
         self.result: GeneratedImage | None = None
         self.error: BaseException | None = None
-        self.cancel_event = threading.Event()
+        self.cancellation = cancellation if cancellation is not None else Cancellation()
         self.future: concurrent.futures.Future[GeneratedImage] | None = None
         self._lock = threading.Lock()
         self._sent = False
@@ -135,6 +158,11 @@ class JobHandle:
         return self.result is not None and bool(self.result.metadata.get("reused"))
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """Set once the job is cancelled: its waits and retries stop at the next step."""
+        return self.cancellation.event
+
+    @property
     def sent(self) -> bool:
         """True once the create request may have reached the server (a credit may be spent)."""
         return self._sent
@@ -148,16 +176,16 @@ class JobHandle:
         The handle is ``cancelled`` from now on, whatever the worker still finishes: a face
         shows what the user asked for (an id that arrives later is still kept).
         """
-        with self._lock:
-            self.cancel_event.set()
+        with self.cancellation.lock:
+            self.cancellation.event.set()
             sent = self._sent
         self.move(JobState.CANCELLED)
         return sent
 
     def begin_send(self) -> bool:
         """Just before the create request: False (and nothing sent) if already cancelled."""
-        with self._lock:
-            if self.cancel_event.is_set():
+        with self.cancellation.lock:
+            if self.cancellation.event.is_set():
                 return False
             self._sent = True
             return True

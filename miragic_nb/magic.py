@@ -35,7 +35,7 @@ from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from . import builtin, config
-from .engine import CancelledBeforeStart, JobHandle, Workers
+from .engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
 from .errors import (
     InvalidRequestError,
     JobFailedError,
@@ -425,26 +425,29 @@ class Miragic(Magics, Configurable):
             slot.progress.show()
         # A pool per cell: its size is this cell's concurrency, and its queue dies with the cell.
         workers = Workers(max_workers=min(len(slots), self.max_concurrency))
+        # One switch for the cell: once interrupted, none of its jobs sends a create.
+        cancellation = Cancellation()
         try:
             for slot in slots:
                 post = functools.partial(_post, events, slot)
                 request = None if slot.resume_id else slot.request
-                slot.handle = JobHandle(request, job_id=slot.resume_id)
+                slot.handle = JobHandle(request, job_id=slot.resume_id, cancellation=cancellation)
                 slot.handle.subscribe(post)
                 start(slot.handle, workers)
                 assert slot.handle.future is not None
                 slot.handle.future.add_done_callback(post)
             self._drain(events, slots)
         except KeyboardInterrupt:
-            self._stop(slots, workers)
+            self._stop(slots, cancellation, workers)
             self._interrupted(slots)
             raise
         finally:
             # However the cell ends, no worker keeps polling and no queued job starts.
-            self._stop(slots, workers)
+            self._stop(slots, cancellation, workers)
 
     @staticmethod
-    def _stop(slots: list[_Slot], workers: Workers) -> None:
+    def _stop(slots: list[_Slot], cancellation: Cancellation, workers: Workers) -> None:
+        cancellation.cancel()  # first, for every job at once
         for slot in slots:
             if slot.handle is not None:
                 slot.handle.cancel()

@@ -34,7 +34,7 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from . import builtin, config
+from . import budget, builtin, config
 from .engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
 from .errors import (
     InvalidRequestError,
@@ -232,6 +232,12 @@ class Miragic(Magics, Configurable):
     max_concurrency = Int(8, help="Jobs a cell runs at the same time (--n, model lists).").tag(
         config=True
     )
+    max_credits = Int(
+        None,
+        allow_none=True,
+        help="Credits this kernel session may spend (None: no limit); a cell that could go "
+        "past it is refused before anything is sent.",
+    ).tag(config=True)
     poll_interval = Float(0.25, help="Seconds before the first status read.").tag(config=True)
     max_poll_interval = Float(5.0, help="Longest pause between status reads.").tag(config=True)
 
@@ -338,16 +344,21 @@ class Miragic(Magics, Configurable):
             raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
         requests = self._requests(args, prompt)
         engine = self._resolve().client.engine
+        history = engine.history or self._history()
+        budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
         slots = self._slots(requests, many=len(requests) > 1)
-        self._run(
-            slots,
-            lambda handle, workers: engine.start(
+        count = budget.counting(history)
+
+        def start(handle: JobHandle, workers: Workers) -> object:
+            handle.subscribe(count)
+            return engine.start(
                 handle,
                 timeout=args.timeout or self.timeout,
                 reuse=self.reuse and not args.fresh,
                 workers=workers,
-            ),
-        )
+            )
+
+        self._run(slots, start)
         return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
 
     def _requests(self, args: argparse.Namespace, prompt: str) -> list[GenerationRequest]:

@@ -358,7 +358,8 @@ class Batch:
                     result.resumed += 1
                 return image, None
             while not self._stop.is_set():
-                if not pacing.before_create(self._stop):
+                sent_at = pacing.before_create(self._stop)
+                if sent_at is None:
                     break
                 handle = JobHandle(request)
                 self._follow(handle, index=index, pacing=pacing, result=result)
@@ -367,7 +368,7 @@ class Batch:
                 except RateLimitError as exc:
                     if handle.id is not None:
                         return None, exc
-                    pacing.throttled(exc.retry_after)
+                    pacing.throttled(exc.retry_after, sent_at=sent_at)
                     self.store.withdraw(self.key, index)
                     continue  # no job was made: not a failure of the item
                 except MiragicError as exc:

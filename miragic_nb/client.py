@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import config, transport
-from .engine import Engine, JobHandle, JobState, check_timeout
+from .engine import Engine, JobHandle, JobState, Workers, check_timeout
 from .errors import (
     APIConnectionError,
     APIError,
@@ -60,6 +60,8 @@ CREATE_PATH = "/api/v1/image/generate"
 JOB_PATH = "/api/v1/image/jobs/"
 #: Largest result body accepted; a 2048×2048 JPEG is a few MB.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+#: ``agenerate`` calls of one client that run at once; more wait for a worker.
+MAX_ASYNC_JOBS = 32
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -135,6 +137,8 @@ class Client(config.HoldsKey):
         )
         #: Runs this client's jobs: reuse, the history, deadlines, cancellation.
         self.engine = Engine(self, history=_history(history))
+        self._async_pool: Workers | None = None
+        self._async_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # getattr: a traceback may show a client whose __init__ raised half-way.
@@ -268,12 +272,22 @@ class Client(config.HoldsKey):
         """
         request = _request(prompt, options)
         limit = self.timeout if timeout is None else check_timeout(timeout)
-        handle = self.engine.start(JobHandle(request), timeout=limit, reuse=reuse)
+        handle = self.engine.start(
+            JobHandle(request), timeout=limit, reuse=reuse, workers=self._async_workers()
+        )
         try:
             return await handle.wait_async()
         except asyncio.CancelledError:
             handle.cancel()
             raise
+
+    def _async_workers(self) -> Workers:
+        """The pool ``agenerate`` runs on: wide, so gathered calls are not queued behind the
+        engine's default four."""
+        with self._async_lock:
+            if self._async_pool is None:
+                self._async_pool = Workers(max_workers=MAX_ASYNC_JOBS)
+            return self._async_pool
 
     # -- the API calls -------------------------------------------------------------------------
 

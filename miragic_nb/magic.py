@@ -18,6 +18,7 @@ import functools
 import getpass
 import html
 import io
+import itertools
 import keyword
 import os
 import queue
@@ -34,7 +35,7 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from . import budget, builtin, config
+from . import budget, builtin, config, sweeps
 from .engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
 from .errors import (
     InvalidRequestError,
@@ -44,7 +45,6 @@ from .errors import (
     MissingAPIKeyError,
 )
 from .gallery import ImageGrid
-from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
 from .request import (
@@ -61,8 +61,11 @@ if TYPE_CHECKING:
 
     from .history import History
 
-#: Most jobs one cell may start (``--n`` times the number of models).
-MAX_JOBS = 16
+#: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
+#: at most ``Miragic.max_concurrency`` at a time.
+MAX_JOBS = 64
+#: The highest ``Miragic.max_concurrency``.
+MAX_CONCURRENCY = 16
 #: Seconds between progress redraws while no status read arrives (elapsed time keeps moving).
 TICK_SECONDS = 0.25
 SUBCOMMANDS = (
@@ -128,13 +131,6 @@ def _side(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be an integer from {MIN_SIDE} to {MAX_SIDE}, got {text!r}"
         )
-    return value
-
-
-def _seed(text: str) -> int:
-    value = parse_decimal(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
 
 
@@ -277,8 +273,8 @@ class Miragic(Magics, Configurable):
     @validate("max_concurrency")
     def _check_concurrency(self, proposal: Any) -> int:
         value = int(proposal["value"])
-        if not 1 <= value <= MAX_JOBS:
-            raise TraitError(f"Miragic.max_concurrency must be from 1 to {MAX_JOBS}")
+        if not 1 <= value <= MAX_CONCURRENCY:
+            raise TraitError(f"Miragic.max_concurrency must be from 1 to {MAX_CONCURRENCY}")
         return value
 
     # -- the magic -------------------------------------------------------------------------
@@ -293,7 +289,19 @@ class Miragic(Magics, Configurable):
     @_argument("-H", "--height", type=_side, help=f"height in pixels, {MIN_SIDE}-{MAX_SIDE}")
     @_argument("--size", type=_size, metavar="WxH", help="width and height at once: 1024x768")
     @_argument("--image-url", help="input image for image-to-image (model kontext only)")
-    @_argument("--seed", type=_seed, help="non-negative integer; same seed, same picture")
+    @_argument(
+        "--seed",
+        type=sweeps.seeds,
+        help="non-negative integer (same seed, same picture), or a range 1..8: a job per seed",
+    )
+    @_argument(
+        "--sweep",
+        metavar="NAME",
+        help="a job per value of the list variable NAME, written {NAME} in the prompt",
+    )
+    @_argument(
+        "--dry-run", action="store_true", help="print the planned jobs and credits; send nothing"
+    )
     @_argument(
         "--enhance", action=argparse.BooleanOptionalAction, help="let the API rewrite the prompt"
     )
@@ -318,7 +326,9 @@ class Miragic(Magics, Configurable):
         %%miragic [options]
         A prompt; {name}, {name.attr} and {name[key]} come from your variables.
 
-        The cell's value is a PIL image (a list of them with --n or a model list).
+        The cell's value is a PIL image (a grid of them with --n, a model list, a seed range
+        --seed 1..8 or --sweep NAME over a list variable, labelled by what was swept).
+        --dry-run prints the jobs and the credits they may cost, and sends nothing.
         Line form: %miragic models | config | login | logout | resume JOB_ID [-o NAME] |
         panel | emulator start|stop|status | history [N] | help
         """
@@ -339,14 +349,20 @@ class Miragic(Magics, Configurable):
         body = cell.strip()
         quiet = body.endswith(";")
         body = body.rstrip(";").strip() if quiet else body
-        prompt = interpolate(body, self._namespace())
-        if not prompt.strip():
+        try:
+            variants = sweeps.prompts(body, self._namespace(), args.sweep)
+        except ValueError as exc:
+            raise UsageError(f"%%miragic: {exc}") from None
+        if not all(variant.prompt.strip() for variant in variants):
             raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
-        requests = self._requests(args, prompt)
+        requests, sweep_labels = self._requests(args, variants)
+        if args.dry_run:
+            _print_plan(requests)
+            return None
         engine = self._resolve().client.engine
         history = engine.history or self._history()
         budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
-        slots = self._slots(requests, many=len(requests) > 1)
+        slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
         count = budget.counting(history)
 
         def start(handle: JobHandle, workers: Workers) -> object:
@@ -359,10 +375,13 @@ class Miragic(Magics, Configurable):
             )
 
         self._run(slots, start)
-        return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
+        return self._finish(slots, args.out, quiet, columns=self._columns(requests, sweep_labels))
 
-    def _requests(self, args: argparse.Namespace, prompt: str) -> list[GenerationRequest]:
-        """Every request of the cell, validated before anything is sent."""
+    def _requests(
+        self, args: argparse.Namespace, variants: list[sweeps.Variant]
+    ) -> tuple[list[GenerationRequest], list[str]]:
+        """Every request of the cell, validated before anything is sent, with the swept
+        value each was made with."""
         names = (args.model or self.model).split(",")
         models = list(dict.fromkeys(m.strip().lower() for m in names if m.strip()))
         if not models:
@@ -376,41 +395,47 @@ class Miragic(Magics, Configurable):
         if args.size and (args.width or args.height):
             raise UsageError("%%miragic: give either --size WxH or --width/--height, not both")
         width, height = args.size or (args.width or self.width, args.height or self.height)
-        if len(models) * args.n > MAX_JOBS:
+        seeds = _cell_seeds(args)
+        jobs = len(variants) * len(seeds) * len(models)
+        if jobs > MAX_JOBS:
             raise UsageError(
-                f"%%miragic: {len(models)} models × --n {args.n} is {len(models) * args.n} jobs; "
-                f"at most {MAX_JOBS} per cell"
+                f"%%miragic: {len(variants)} prompts × {len(seeds)} seeds × {len(models)} models "
+                f"is {jobs} jobs; at most {MAX_JOBS} per cell"
             )
-        requests = []
+        requests, labels = [], []
         try:
             # Seed-major order: with a model list, each grid row is one seed, each column a model.
-            for index in range(args.n):
-                for model in models:
-                    requests.append(
-                        GenerationRequest(
-                            prompt,
-                            model=model,
-                            width=width,
-                            height=height,
-                            image_url=args.image_url,
-                            seed=None if args.seed is None else args.seed + index,
-                            enhance=args.enhance,
-                            safe=args.safe,
-                            private=args.private,
-                            nologo=args.nologo,
-                        )
+            for variant, seed, model in itertools.product(variants, seeds, models):
+                labels.append(variant.label)
+                requests.append(
+                    GenerationRequest(
+                        variant.prompt,
+                        model=model,
+                        width=width,
+                        height=height,
+                        image_url=args.image_url,
+                        seed=seed,
+                        enhance=args.enhance,
+                        safe=args.safe,
+                        private=args.private,
+                        nologo=args.nologo,
                     )
+                )
         except InvalidRequestError as exc:
             raise UsageError(f"%%miragic: {exc.message}") from None
-        return requests
+        return requests, labels
 
-    def _slots(self, requests: list[GenerationRequest], *, many: bool) -> list[_Slot]:
+    def _slots(
+        self, requests: list[GenerationRequest], sweep_labels: list[str], *, many: bool
+    ) -> list[_Slot]:
         models = len({r.model for r in requests})
         compare = models > 1
-        per_model = len(requests) // models
+        per_model = len(requests) // models // len(set(sweep_labels))
         slots = []
         for index, request in enumerate(requests):
-            parts = [request.model] if compare else []  # one job: the caption names the model
+            parts = [sweep_labels[index]] if sweep_labels[index] else []
+            if compare:  # one job: the caption names the model
+                parts.append(request.model)
             if per_model > 1:
                 seed = request.seed
                 parts.append(f"seed {seed}" if seed is not None else f"#{index // models + 1}")
@@ -419,9 +444,14 @@ class Miragic(Magics, Configurable):
             slots.append(_Slot(label=label, request=request, progress=progress))
         return slots
 
-    def _columns(self, args: argparse.Namespace, requests: list[GenerationRequest]) -> int:
+    def _columns(self, requests: list[GenerationRequest], sweep_labels: list[str]) -> int:
         models = len({r.model for r in requests})
-        return models if models > 1 else min(args.n, 4)
+        prompts = len(set(sweep_labels))
+        seeds = len(requests) // models // prompts
+        if models > 1:
+            return models
+        # A sweep over prompts and seeds: a row per prompt, a column per seed.
+        return seeds if prompts > 1 and seeds > 1 else min(len(requests), 4)
 
     # -- running jobs ----------------------------------------------------------------------
 
@@ -788,6 +818,29 @@ class Miragic(Magics, Configurable):
             for name, value in self._ip.user_ns.items()
             if name not in hidden or hidden[name] is not value
         }
+
+
+def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
+    """The cell's seeds: a range, or ``--n`` of them from ``--seed S`` (None: unseeded)."""
+    if args.seed is None:
+        return [None] * args.n
+    if len(args.seed) > 1:
+        if args.n != 1:
+            raise UsageError("%%miragic: give either --n or a seed range, not both")
+        return list(args.seed)
+    return [args.seed[0] + index for index in range(args.n)]
+
+
+def _print_plan(requests: list[GenerationRequest]) -> None:
+    """``--dry-run``: the jobs a cell would start, and what they may cost."""
+    for request in requests:
+        seed = "" if request.seed is None else f" seed {request.seed}"
+        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    count = len(requests)
+    print(
+        f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "
+        "(a seeded job whose result is saved comes free); nothing was sent"
+    )
 
 
 def _one_line(exc: BaseException | None, hint: str = "") -> str:

@@ -45,11 +45,12 @@ from .polling import (
     RecentSubmissions,
     Submission,
 )
-from .request import GenerationRequest
+from .request import GenerationRequest, RequestOptions
 from .result_info import whole_number
 
 if TYPE_CHECKING:
     import requests
+    from typing_extensions import Unpack
 
     from .batch import BatchCounts, BatchResult, Plan
     from .history import History
@@ -175,7 +176,7 @@ class Client(config.HoldsKey):
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         reuse: bool = True,
-        **options: Any,
+        **options: Unpack[RequestOptions],
     ) -> GeneratedImage:
         """Create a job, wait for it, download and decode the image.
 
@@ -191,7 +192,7 @@ class Client(config.HoldsKey):
             handle.subscribe(_reporting(on_progress))
         return self.engine.run(handle, timeout=limit, reuse=reuse)
 
-    def submit(self, prompt: str | GenerationRequest, **options: Any) -> Job:
+    def submit(self, prompt: str | GenerationRequest, **options: Unpack[RequestOptions]) -> Job:
         """Start one generation (costs a credit), record its id, return the ``PENDING`` job."""
         return self.engine.submit(_request(prompt, options))
 
@@ -551,7 +552,7 @@ def _history(history: History | bool) -> History | None:
     return history or None
 
 
-def _request(prompt: str | GenerationRequest, options: dict[str, Any]) -> GenerationRequest:
+def _request(prompt: str | GenerationRequest, options: RequestOptions) -> GenerationRequest:
     """The request ``prompt`` and ``options`` describe, validated before anything is sent."""
     if isinstance(prompt, GenerationRequest):
         if options:

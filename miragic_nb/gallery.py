@@ -2,7 +2,9 @@
 
 ``ImageGrid`` is a plain ``list`` of ``GeneratedImage`` that IPython displays as one HTML table
 of the server's own bytes (no PNG re-encode of each image). A table, rather than CSS grid, is
-what every notebook sanitizer keeps, so a saved notebook still shows the grid.
+what every notebook sanitizer keeps, so a saved notebook still shows the grid. Being one output,
+it says how its pictures were made as a list: ``metadata["miragic"]["images"]``, one entry per
+``<img>`` in the grid's order (``provenance.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import base64
 import html
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from .provenance import METADATA_KEY, provenance
 
 if TYPE_CHECKING:
     from .images import GeneratedImage
@@ -39,8 +43,20 @@ class ImageGrid(list["GeneratedImage"]):
             f"{label}: {image.caption()}" for label, image in zip(self.labels, self, strict=True)
         ]
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/html": self.to_html(), "text/plain": "\n".join(self.caption_lines())}
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        data = {"text/html": self.to_html(), "text/plain": "\n".join(self.caption_lines())}
+        return data, {METADATA_KEY: self.provenance()}
+
+    def provenance(self) -> dict[str, Any]:
+        """The output metadata: how each image was made, in the grid's order, with its label."""
+        return {
+            "images": [
+                {"label": label, **provenance(image.metadata)}
+                for label, image in zip(self.labels, self, strict=True)
+            ]
+        }
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text("\n".join(self.caption_lines()) if not cycle else "ImageGrid(...)")

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import DownloadError
+from .provenance import METADATA_KEY, provenance
 
 #: Largest decoded image accepted (pixels); the API's maximum is 2048 × 2048 = 4.2 MP.
 MAX_PIXELS = 4096 * 4096
@@ -84,7 +85,8 @@ class GeneratedImage(Image.Image):
     def display_bundle(
         self, *, unchanged: bool | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The mimebundle IPython shows: the original bytes under one image mimetype.
+        """The mimebundle IPython shows: the original bytes under one image mimetype, and
+        the output metadata saying how the image was made (``provenance.py``).
 
         Changed pixels, or a format frontends cannot show, are re-encoded once as JPEG.
         ``unchanged`` skips the pixel check when the caller has just made it.
@@ -99,7 +101,8 @@ class GeneratedImage(Image.Image):
             self.convert("RGB").save(buffer, "JPEG", quality=90)
             data, mimetype = buffer.getvalue(), "image/jpeg"
         bundle = {mimetype: data, "text/plain": f"<{self.caption()}>"}
-        return bundle, {mimetype: {"width": self.width, "height": self.height}}
+        size = {"width": self.width, "height": self.height}
+        return bundle, {mimetype: size, METADATA_KEY: provenance(self.metadata)}
 
     def _ipython_display_(self) -> None:
         # IPython would otherwise call both _repr_png_ and _repr_jpeg_: a PNG encode plus a

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -330,7 +330,7 @@ class Miragic(Magics, Configurable):
         --seed 1..8 or --sweep NAME over a list variable, labelled by what was swept).
         --dry-run prints the jobs and the credits they may cost, and sends nothing.
         Line form: %miragic models | config | login | logout | resume JOB_ID [-o NAME] |
-        panel | emulator start|stop|status | history [N] | help
+        panel | emulator start|stop|status | history [N | --notebook PATH] | help
         """
         try:
             if cell is None:
@@ -638,7 +638,7 @@ class Miragic(Magics, Configurable):
             "    --[no-]enhance --[no-]safe --[no-]private --[no-]nologo\n"
             "    --timeout SECONDS, --fresh (never reuse), -o/--out NAME\n"
             "%miragic models | config | login | logout | resume JOB_ID [-o NAME] | panel\n"
-            "%miragic emulator start|stop|status | history [N] | help\n"
+            "%miragic emulator start|stop|status | history [N | --notebook PATH] | help\n"
             "Defaults: %config Miragic (e.g. %config Miragic.model = 'turbo').\n"
             "Full usage: %%miragic?"
         )
@@ -683,7 +683,18 @@ class Miragic(Magics, Configurable):
     def _login(self, words: list[str]) -> None:
         if words:
             raise UsageError(LOGIN_ARGUMENT_REFUSED)
-        key = getpass.getpass("Miragic API key (kept for this session only): ")
+        try:
+            key = getpass.getpass("Miragic API key (kept for this session only): ")
+        except (StdinNotImplementedError, EOFError):
+            # papermill, nbclient, Voilà: no one can type a key; fail now instead of waiting.
+            # Not a UsageError: runners report only an error's name and value, not stderr.
+            raise self._shorten(
+                MissingAPIKeyError(
+                    "%miragic login: this frontend cannot ask for input; set MIRAGIC_API_KEY "
+                    "in the kernel's environment instead",
+                    field="api_key",
+                )
+            ) from None
         if not key.strip():
             raise UsageError("%miragic login: no key entered; nothing changed")
         builtin.set_session_key(key)
@@ -758,9 +769,20 @@ class Miragic(Magics, Configurable):
             raise UsageError("%miragic emulator start|stop|status")
 
     def _show_history(self, words: list[str]) -> None:
+        if len(words) == 2 and words[0] == "--notebook":
+            from .provenance import report
+
+            try:
+                print("\n".join(report(os.path.expanduser(words[1]), self._history())))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"%miragic history --notebook: {exc}") from None
+            return
         limit = parse_decimal(words[0]) if words else 10
         if len(words) > 1 or limit is None:
-            raise UsageError("%miragic history [N]  (N: how many recent jobs, default 10)")
+            raise UsageError(
+                "%miragic history [N] | --notebook PATH  (N: how many recent jobs, default 10; "
+                "PATH: list the jobs whose images a notebook shows)"
+            )
         records = self._history().records(limit)
         if not records:
             print("No jobs recorded yet.")

@@ -11,9 +11,9 @@ controls, so a notebook or a test can script it::
     panel.image            # the selected result, a PIL.Image.Image
 
 Generate never blocks the kernel: each job is an asyncio task on the kernel's loop whose
-blocking HTTP calls run in a worker thread (``runner.py``), so every widget update happens on
-the kernel's thread. Without a running loop (a plain script) Generate runs the job to the end
-before returning.
+blocking HTTP calls run on the engine's worker threads (``engine.py``), so every widget update
+happens on the kernel's thread. Without a running loop (a plain script) Generate runs the job
+to the end before returning.
 
 The API key never enters a widget trait: saved widget state would write it into the
 ``.ipynb``. The panel holds only the client object, which keeps the key to itself.
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from PIL import Image
 
+from .described_image import DescribedImage
 from .engine import CancelledBeforeStart, JobHandle, JobState, Workers, on_loop
 from .errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from .filenames import safe_stem
@@ -119,11 +120,12 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
 
     def __init__(self, image: GeneratedImage) -> None:
         self.result = image
-        self.thumbnail = widgets.Image(
+        self.thumbnail = DescribedImage(
             value=thumbnail_jpeg(image),
             format="jpeg",
             layout=widgets.Layout(max_width=f"{THUMBNAIL_PX}px", height="auto"),
         )
+        self.thumbnail.describe(image)
         meta = image.metadata
         prompt = str(meta.get("prompt", ""))
         self.caption = widgets.HTML(
@@ -265,7 +267,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         )
         self.status = widgets.HTML()
         self.progress_area = widgets.VBox()
-        self.result_image = widgets.Image(
+        self.result_image = DescribedImage(
             format="jpeg", layout=widgets.Layout(max_width="100%", height="auto", display="none")
         )
         self.result_caption = widgets.HTML()
@@ -443,6 +445,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._selected = image
         self.result_image.format = (image.format or "jpeg").lower()
         self.result_image.value = image.original_bytes  # the server's bytes, not a re-encode
+        self.result_image.describe(image)
         self.result_image.layout.display = None
         self.result_image.width = str(min(image.width, RESULT_PX))
         prompt = str(image.metadata.get("prompt", ""))

@@ -12,8 +12,13 @@ Three sources of knowledge, best first:
    request, the job started. When that window is narrow it sleeps to its end; when it is wide
    it reads once more, later, when a reading narrows it.
 2. **Earlier jobs.** A :class:`DurationLearner` remembers the server's ``processingTimeMs`` of
-   recent jobs per model and size; a job expected to take 3 s is first read at about 2.8 s and
-   then a few times until the longest duration seen, instead of from the start.
+   recent jobs per model and size as a distribution, newer jobs weighing more so a drift is
+   followed. Without progress the plan reads the job at the durations where reading pays off
+   most for that distribution (:func:`plan_reads`: few reads for similar jobs, more where a
+   wide mix bunches up), never further apart than ``relative_gap`` of the time elapsed; past
+   the longest duration seen the gap keeps growing with the job's age, since a job already in
+   the tail is probably a long one. The caller is late by a small fraction of the job's own
+   length whatever the spread, and reads are spent where jobs end.
 3. **Backoff.** With neither, exponential backoff from ``initial_delay`` to ``max_delay``.
 
 A sleep never exceeds ``max_delay``, so a job that fails early is noticed promptly.
@@ -21,11 +26,14 @@ A sleep never exceeds ``max_delay``, so a job that fails early is noticed prompt
 
 from __future__ import annotations
 
+import bisect
 import email.utils
+import itertools
 import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -38,10 +46,18 @@ class DurationEstimate:
     samples: int = 0
     #: Whether jobs of this kind reported ``progress`` while they ran.
     progress: bool = False
+    #: Recent durations with their weights (newer jobs weigh more), ascending by duration;
+    #: empty means only ``low`` and ``high`` are known.
+    distribution: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.low <= self.high or math.isinf(self.high):
             raise ValueError(f"need 0 <= low <= high < inf, got {self.low!r}, {self.high!r}")
+        durations = [d for d, _ in self.distribution]
+        if durations != sorted(durations) or any(
+            not self.low <= d <= self.high or not w > 0 for d, w in self.distribution
+        ):
+            raise ValueError("distribution: ascending durations in [low, high], weights > 0")
 
 
 @dataclass(frozen=True)
@@ -68,8 +84,16 @@ class PollSchedule:
     overdue_delay: float = 0.05
     #: To narrow a wide window, read at this fraction of the way to its earliest end.
     refine_fraction: float = 0.75
-    #: Reads spread over a learned duration window when the server reports no progress.
-    window_reads: int = 3
+    #: Without progress, the longest gap between two reads as a fraction of the time elapsed
+    #: (how late the caller may be, relative to the job's length); past the longest learned
+    #: duration the gap therefore grows geometrically, by ``1 + relative_gap`` a read.
+    relative_gap: float = 0.25
+    #: Without progress, the shortest gap between two reads as a fraction of the time elapsed:
+    #: learned ends closer together than that are read once.
+    merge_gap: float = 0.05
+    #: What one status read is worth in seconds of lateness, as a fraction of the spread of the
+    #: learned durations: the price :func:`plan_reads` weighs reads against waiting with.
+    read_cost: float = 0.35
     #: Resolution of the server's progress figures (whole percent: 42 means 42 to 43).
     progress_step: float = 1.0
     #: When progress is reported, a learned window is trusted for the first read only if it
@@ -81,8 +105,10 @@ class PollSchedule:
     def __post_init__(self) -> None:
         if not 0 < self.min_delay <= self.max_delay:
             raise ValueError("need 0 < min_delay <= max_delay")
-        if self.initial_delay < 0 or self.growth < 1 or self.window_reads < 1:
-            raise ValueError("need initial_delay >= 0, growth >= 1 and window_reads >= 1")
+        if self.initial_delay < 0 or self.growth < 1:
+            raise ValueError("need initial_delay >= 0 and growth >= 1")
+        if not 0 <= self.merge_gap <= self.relative_gap or not self.read_cost > 0:
+            raise ValueError("need 0 <= merge_gap <= relative_gap and read_cost > 0")
         if not 0 < self.refine_fraction <= 1:
             raise ValueError("refine_fraction must be in (0, 1]")
 
@@ -137,6 +163,8 @@ class PollPlan:
     #: The moment the plan last promised the job would be over, if it did.
     due: float | None = None
     overdue_reads: int = 0
+    #: Plan-clock moments to read at without progress, from ``expected`` (computed once).
+    read_points: list[float] = field(default_factory=list)
 
     @property
     def age_known(self) -> bool:
@@ -155,7 +183,8 @@ class PollPlan:
                 and expected.high <= schedule.narrow_spread * expected.low
             )
         ):
-            return self._sleep_until(expected.low, elapsed)
+            first = expected.low if expected.progress else self._read_points(expected)[0]
+            return self._sleep_until(first, elapsed)
         return max(0.0, schedule.initial_delay - elapsed)
 
     def next_delay(self, *, elapsed: float, progress: float | None) -> float:
@@ -176,7 +205,7 @@ class PollPlan:
                 # Too vague to sleep to its end: read again when a reading will be sharper.
                 delay = max(schedule.refine_fraction * (low - elapsed), schedule.precision / 2)
         elif self.create_seconds is not None and self.expected is not None:
-            delay = self._expected_step(elapsed, self.expected, self.create_seconds)
+            delay = self._expected_step(elapsed, self.expected)
         else:
             delay = schedule.backoff(self.reads)
         if self.overdue_reads:
@@ -235,20 +264,30 @@ class PollPlan:
         high = now + (100.0 - progress) * (now - start_min) / slowest_gain
         return (low, high)
 
-    def _expected_step(
-        self, elapsed: float, expected: DurationEstimate, create_seconds: float
-    ) -> float:
-        """No progress, a learned duration: a few reads across the window, then backoff."""
+    def _expected_step(self, elapsed: float, expected: DurationEstimate) -> float:
+        """No progress, learned durations: the next learned read point, then geometric backoff.
+
+        Once the first point has passed, every gap stays within [``merge_gap``,
+        ``relative_gap``] of the time elapsed, so a job is read late by at most that fraction
+        of its age.
+        """
         schedule = self.schedule
-        low = expected.low
-        high = expected.high + create_seconds
-        if elapsed < low:
-            return low - elapsed
-        step = max(schedule.min_delay, (high - low) / schedule.window_reads)
-        if elapsed < high:
-            self.due = high
-            return min(step, high + schedule.end_margin - elapsed)
-        return step * schedule.growth**self.overdue_reads
+        points = self._read_points(expected)
+        if elapsed < points[0]:
+            return points[0] - elapsed  # no job like it has ended yet
+        shortest = schedule.merge_gap * elapsed
+        longest = schedule.relative_gap * elapsed
+        upcoming = next((p for p in points if p > elapsed), math.inf)
+        return max(shortest, min(upcoming - elapsed, longest))
+
+    def _read_points(self, expected: DurationEstimate) -> list[float]:
+        """Plan-clock moments at which jobs like this one have ended, read just after each."""
+        if not self.read_points:
+            offset = (self.create_seconds or 0.0) + self.schedule.end_margin
+            weighted = expected.distribution or ((expected.low, 0.5), (expected.high, 0.5))
+            ends = plan_reads(weighted, read_cost=self.schedule.read_cost)
+            self.read_points = [end + offset for end in (*ends, expected.high)]
+        return self.read_points
 
     def _sleep_until(self, moment: float, elapsed: float) -> float:
         return min(max(0.0, moment - elapsed), self.schedule.max_delay)
@@ -261,18 +300,29 @@ class DurationLearner:
     """Remembers how long recent jobs took on the server, per (model, width, height).
 
     Thread-safe (a batch feeds it from several threads) and pure otherwise: it is told the
-    durations and never reads a clock. The estimate spans the shortest to the longest of the
-    last ``window`` durations, widened by ``tolerance`` (``single_tolerance`` with one sample).
+    durations and never reads a clock. Of the last ``window`` durations, each one's weight
+    halves every ``half_life`` newer jobs, so a drift in durations is followed within a few
+    jobs while a steady mix is still described by all of them. The estimate spans the shortest
+    to the longest, widened by ``tolerance`` (``single_tolerance`` with one sample), and
+    carries the weighted durations.
     """
 
     def __init__(
-        self, *, window: int = 8, tolerance: float = 0.05, single_tolerance: float = 0.15
+        self,
+        *,
+        window: int = 16,
+        tolerance: float = 0.05,
+        single_tolerance: float = 0.15,
+        half_life: float = 4.0,
     ) -> None:
         if window < 1 or not 0 <= tolerance < 1 or not 0 <= single_tolerance < 1:
             raise ValueError("need window >= 1 and tolerances in [0, 1)")
+        if not half_life > 0:
+            raise ValueError("need half_life > 0")
         self.window = window
         self.tolerance = tolerance
         self.single_tolerance = single_tolerance
+        self.half_life = half_life
         self._durations: dict[ModelSize, deque[float]] = {}
         self._progress: dict[ModelSize, bool] = {}
         self._lock = threading.Lock()
@@ -298,12 +348,69 @@ class DurationLearner:
             return None
         spread = self.single_tolerance if len(seen) == 1 else self.tolerance
         low, high = min(seen) * (1 - spread), max(seen) * (1 + spread)
-        return DurationEstimate(low, high, len(seen), progress)
+        newest = len(seen) - 1
+        weights = [0.5 ** ((newest - i) / self.half_life) for i in range(len(seen))]
+        total = math.fsum(weights)
+        distribution = _merged((d, w / total) for d, w in zip(seen, weights, strict=True))
+        return DurationEstimate(low, high, len(seen), progress, distribution)
 
     def __repr__(self) -> str:
         with self._lock:
             kinds = len(self._durations)
         return f"DurationLearner({kinds} kinds of job seen)"
+
+
+#: The least spread :func:`plan_reads` assumes, as a fraction of the median duration.
+_SPREAD_FLOOR = 0.05
+
+
+def plan_reads(
+    distribution: tuple[tuple[float, float], ...], *, read_cost: float
+) -> tuple[float, ...]:
+    """The durations at which to read a job, best for a weighted ``distribution`` of them.
+
+    A job ending between two reads waits for the second; a read costs ``read_cost`` times the
+    spread of the durations (their mean distance from the median), in seconds of waiting, and
+    is paid by every job still running. Pricing reads by the spread makes the plan scale-free:
+    a wide mix and a tight one get about as many reads, each late by a similar share of its
+    spread. Among the durations, the reads that minimise expected waiting plus cost are found
+    exactly by dynamic programming (the longest duration is always read): reads go where jobs
+    bunch up, and similar jobs get a read or two at their end.
+    """
+    pairs = _merged(distribution)
+    total = math.fsum(w for _, w in pairs)
+    ends = [d for d, _ in pairs]
+    weights = [w / total for _, w in pairs]
+    cumulative = list(itertools.accumulate(weights, initial=0.0))
+    median = ends[min(bisect.bisect_left(cumulative, 0.5), len(ends)) - 1]
+    spread = math.fsum(w * abs(d - median) for d, w in zip(ends, weights, strict=True))
+    # No job length is predictable to better than a few percent: a read is never nearly free,
+    # even when almost every job took the same time.
+    price = read_cost * max(spread, _SPREAD_FLOOR * median)
+    # best[j]: least cost of covering the j shortest values with reads, the last at ends[j-1].
+    best = [0.0] + [math.inf] * len(ends)
+    previous = [0] * (len(ends) + 1)
+    for j in range(1, len(ends) + 1):
+        wait = 0.0  # waiting of values p..j-1 for a read at ends[j-1]
+        for p in range(j - 1, -1, -1):
+            wait += weights[p] * (ends[j - 1] - ends[p])
+            cost = best[p] + price * (1.0 - cumulative[p]) + wait
+            if cost < best[j]:
+                best[j], previous[j] = cost, p
+    chosen: list[float] = []
+    j = len(ends)
+    while j:
+        chosen.append(ends[j - 1])
+        j = previous[j]
+    return tuple(reversed(chosen))
+
+
+def _merged(pairs: Iterable[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """(duration, weight) pairs ascending by duration, the weights of equal durations added."""
+    weights: dict[float, float] = {}
+    for duration, weight in pairs:
+        weights[duration] = weights.get(duration, 0.0) + weight
+    return tuple(sorted(weights.items()))
 
 
 @dataclass(frozen=True)

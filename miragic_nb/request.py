@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequestError
@@ -26,6 +26,20 @@ MIN_SIDE = 256
 MAX_SIDE = 2048
 #: Optional switches the API records; sent only when set explicitly (contract decision 3).
 FLAGS = ("enhance", "safe", "private", "nologo")
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of a request besides its prompt, as keyword arguments (``generate``)."""
+
+    model: str
+    width: int
+    height: int
+    image_url: str | None
+    seed: int | None
+    enhance: bool | None
+    safe: bool | None
+    private: bool | None
+    nologo: bool | None
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -12,6 +14,13 @@ import requests
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from miragic_nb.polling import PollSchedule
+
+# A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do)
+# inherits SIGINT ignored, and so would every Python it starts. The interrupt tests need Ctrl-C
+# to behave as in a terminal: give this process Python's own handler, which exec resets to the
+# default for the children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: A poll schedule for tests: dense polling, so short jobs finish fast.
 FAST_POLLS = PollSchedule(initial_delay=0.02, growth=1.3, max_delay=0.2, min_delay=0.01)
@@ -59,3 +68,18 @@ def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, one per test module (the browser tests only)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -26,7 +26,6 @@ from tests.browser_support import (
     image_count,
     jupyter_environment,
     jupyter_server,
-    launch_chromium,
     wait_for,
     write_notebook,
 )
@@ -94,18 +93,6 @@ def server_env(workspace: Path, browser_emulator: Emulator) -> dict[str, str]:
 def lab(workspace: Path, server_env: dict[str, str]) -> Iterator[JupyterServer]:
     with jupyter_server("lab", workspace / "root", server_env, workspace / "logs") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -39,7 +39,18 @@ def test_display_bundle_is_the_original_bytes_under_one_mimetype(fmt: str, mimet
     bundle, metadata = image.display_bundle()
     assert set(bundle) == {mimetype, "text/plain"}
     assert bundle[mimetype] == data
-    assert metadata == {mimetype: {"width": 64, "height": 48}}
+    assert metadata[mimetype] == {"width": 64, "height": 48}
+    assert metadata["miragic"] == {
+        "job_id": "j2",
+        "prompt": None,
+        "model": "turbo",
+        "width": None,
+        "height": None,
+        "seed": 3,
+        "image_url": None,
+        "emulator": False,
+        "reused": False,
+    }
     assert "turbo · 64×48 · seed 3" in bundle["text/plain"]
 
 

@@ -67,3 +67,16 @@ def test_clients_can_pool_what_they_learn(emulator: Emulator) -> None:
     estimate = shared.estimate("kontext", 256, 256)
     assert estimate is not None
     assert estimate.samples == 2
+
+
+def test_without_progress_a_job_as_long_as_the_last_ones_is_read_once(
+    emulator: Emulator, client: Client
+) -> None:
+    """The first read is timed just after the learned end, so it finds the job done."""
+    emulator.report_progress = False
+    emulator.jitter = 0.0
+    for n in range(3):
+        client.generate(f"learn {n}", model="flux", width=256, height=256)
+    image = client.generate("same length", model="flux", width=256, height=256)
+    # Allow one more read in case the emulator, on a loaded machine, finished a moment late.
+    assert emulator.count("GET", STATUS, job_id=image.metadata["job_id"]) <= 2

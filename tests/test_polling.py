@@ -6,10 +6,19 @@ import email.utils
 import itertools
 import math
 import random
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from miragic_nb.polling import DurationEstimate, DurationLearner, PollSchedule, parse_retry_after
+from miragic_nb.polling import (
+    DurationEstimate,
+    DurationLearner,
+    PollSchedule,
+    parse_retry_after,
+    plan_reads,
+)
 
 
 def test_backoff_grows_to_the_cap_without_progress() -> None:
@@ -159,18 +168,112 @@ def test_no_sleep_is_longer_than_max_delay() -> None:
     assert schedule.plan().next_delay(elapsed=30.0, progress=None) <= 1.5
 
 
-def test_learned_duration_places_the_reads_in_its_window() -> None:
-    schedule = PollSchedule(min_delay=0.01, window_reads=3, end_margin=0.02)
-    expected = DurationEstimate(2.7, 3.3)
+def test_without_progress_the_job_is_read_at_the_learned_ends_then_less_and_less_often() -> None:
+    schedule = PollSchedule(min_delay=0.01, max_delay=5.0, end_margin=0.02, relative_gap=0.25)
+    learner = DurationLearner()
+    for seconds in (1.0, 1.0, 1.0, 3.0, 3.0, 3.0):  # two kinds of prompt: quick and slow
+        learner.observe("flux", 512, 512, seconds)
+    expected = learner.estimate("flux", 512, 512)
     plan = schedule.plan(create_seconds=0.01, expected=expected)
-    assert plan.first_delay(elapsed=0.01) == pytest.approx(2.69)
-    step = (3.31 - 2.7) / 3
-    assert plan.next_delay(elapsed=2.7, progress=None) == pytest.approx(step)
-    # The last read in the window lands just after its end, then the wait backs off.
-    assert plan.next_delay(elapsed=3.2, progress=None) == pytest.approx(3.33 - 3.2)
-    after = [plan.next_delay(elapsed=3.4 + n, progress=None) for n in range(3)]
-    assert after[0] >= step
-    assert after[0] < after[1] < after[2]
+    # Read just after the quick ones end, then just after the slow ones, not in between.
+    assert plan.first_delay(elapsed=0.01) == pytest.approx(1.02)
+    assert plan.next_delay(elapsed=1.03, progress=None) == pytest.approx(0.25 * 1.03)
+    moments = [1.03 + 0.25 * 1.03]
+    while moments[-1] < 3.0:
+        moments.append(moments[-1] + plan.next_delay(elapsed=moments[-1], progress=None))
+    assert moments[-1] == pytest.approx(3.03)
+    # Past the longest duration seen (3.15 with its margin), each gap is a quarter of the age.
+    now = 3.2
+    for _ in range(4):
+        delay = plan.next_delay(elapsed=now, progress=None)
+        assert delay == pytest.approx(min(0.25 * now, 5.0))
+        now += delay
+
+
+def test_learned_ends_close_together_are_not_read_in_a_flurry() -> None:
+    schedule = PollSchedule(min_delay=0.01, merge_gap=0.05, read_cost=0.001, end_margin=0.0)
+    ends = (3.0, 3.02, 3.04, 3.06)
+    expected = DurationEstimate(3.0, 3.06, 4, False, tuple((d, 0.25) for d in ends))
+    plan = schedule.plan(create_seconds=0.0, expected=expected)
+    assert plan.first_delay(elapsed=0.0) == pytest.approx(3.0)
+    assert plan.read_points[:4] == pytest.approx(ends)  # cheap reads: every end is planned
+    assert plan.next_delay(elapsed=3.0, progress=None) == pytest.approx(0.05 * 3.0)
+
+
+@pytest.mark.parametrize(
+    ("durations", "read_cost", "reads"),
+    [
+        ([3.0] * 6, 0.25, [3.0]),  # similar jobs: one read, at their end
+        ([1.0] * 5 + [4.0] * 5, 0.25, [1.0, 4.0]),  # two clusters: one read each
+        ([1.0, 2.0, 3.0, 4.0], 0.01, [1.0, 2.0, 3.0, 4.0]),  # reads are cheap: every end
+        ([1.0, 2.0, 3.0, 4.0], 100.0, [4.0]),  # reads are dear: only the longest
+    ],
+)
+def test_reads_are_planned_where_they_pay_off(
+    durations: list[float], read_cost: float, reads: list[float]
+) -> None:
+    distribution = tuple((d, 1.0 / len(durations)) for d in durations)
+    assert list(plan_reads(distribution, read_cost=read_cost)) == reads
+
+
+@given(
+    duration=st.floats(min_value=0.05, max_value=30.0), jobs=st.integers(min_value=1, max_value=8)
+)
+def test_a_job_of_exactly_the_learned_duration_is_read_just_after_its_end(
+    duration: float, jobs: int
+) -> None:
+    schedule = PollSchedule(end_margin=0.02, max_delay=5.0)
+    learner = DurationLearner()
+    for _ in range(jobs):
+        learner.observe("flux", 512, 512, duration)
+    expected = learner.estimate("flux", 512, 512)
+    late, reads = simulate(duration, schedule, expected=expected, progress=False)
+    slack = schedule.end_margin + 0.004 + 0.002  # margin + create time + read time
+    if reads > 1:  # the last sleep may be stretched to min_delay
+        slack += schedule.min_delay
+    assert late <= slack
+    # One read, or more only because no sleep is longer than max_delay.
+    assert reads <= math.ceil((duration + 0.03) / schedule.max_delay)
+
+
+finite = st.floats(min_value=0.05, max_value=30.0, allow_nan=False)
+
+
+@given(
+    durations=st.lists(finite, min_size=1, max_size=16),
+    job=finite,
+    create_seconds=st.floats(min_value=0.0, max_value=0.5),
+)
+def test_without_progress_every_wait_is_bounded(
+    durations: list[float], job: float, create_seconds: float
+) -> None:
+    """Delays stay in [min_delay, max_delay]; a job ending after the first learned end is read
+    at most ``relative_gap`` of its age late (or ``max_delay``); reads are bounded by the
+    learned ends plus a geometric tail."""
+    schedule = PollSchedule()
+    learner = DurationLearner()
+    for seconds in durations:
+        learner.observe("flux", 512, 512, seconds)
+    expected = learner.estimate("flux", 512, 512)
+    assert expected is not None
+    plan = schedule.plan(create_seconds=create_seconds, expected=expected)
+    now = create_seconds + plan.first_delay(elapsed=create_seconds)
+    first_read = now
+    first_end = plan.read_points[0]  # where the shortest job seen would have ended
+    end = create_seconds + job  # the latest the job can end, on the plan's clock
+    reads = 1
+    previous = now
+    while now < end:
+        delay = plan.next_delay(elapsed=now, progress=None)
+        assert schedule.min_delay <= delay <= schedule.max_delay
+        previous, now = now, now + delay
+        reads += 1
+    if end >= first_end:
+        allowed = max(schedule.min_delay, min(schedule.relative_gap * previous, schedule.max_delay))
+        assert now - end <= allowed + 1e-9
+    growth = math.log1p(schedule.relative_gap)
+    tail = math.ceil(math.log(max(end, first_read) / first_read) / growth)
+    assert reads <= 1 + len(set(durations)) + 1 + tail + math.ceil(end / schedule.max_delay)
 
 
 def test_learned_duration_beats_a_2s_loop_without_progress() -> None:
@@ -190,6 +293,41 @@ def test_learned_duration_beats_a_2s_loop_without_progress() -> None:
     assert reads_total <= 1.5 * baseline_reads
 
 
+def _lognormal_mix(rng: random.Random, n: int) -> float:
+    return min(5.0, max(0.7, math.exp(rng.gauss(math.log(2.0), 0.5))))
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        _lognormal_mix,  # prompts of different weight under one model and size
+        lambda rng, n: rng.uniform(0.7, 5.0),  # a wider, flat mix
+        lambda rng, n: 2.0 * 1.1**n * rng.uniform(0.9, 1.1),  # a server slowing down
+        lambda rng, n: 3.0 * rng.uniform(0.9, 1.1),  # similar jobs
+    ],
+    ids=["log-normal mix", "flat mix", "drift", "similar"],
+)
+def test_no_progress_schedule_halves_a_2s_loops_lateness_in_every_scenario(
+    draw: Callable[[random.Random, int], float],
+) -> None:
+    """Simulated (no clock): 20 jobs, the first with nothing learned, against the reference
+    loop's reads at 0, 2, 4 ... s. The same default schedule serves every scenario."""
+    schedule = PollSchedule()
+    learner = DurationLearner()
+    rng = random.Random(6)
+    late_total = reads_total = baseline_late = baseline_reads = 0.0
+    for n in range(20):
+        duration = draw(rng, n)
+        late, reads = simulate(duration, schedule, expected=learner.estimate("flux", 1, 1))
+        learner.observe("flux", 1, 1, duration)
+        late_total += late
+        reads_total += reads
+        baseline_late += 2 * math.ceil(duration / 2) - duration
+        baseline_reads += math.ceil(duration / 2) + 1
+    assert late_total <= 0.55 * baseline_late
+    assert reads_total <= 1.6 * baseline_reads
+
+
 # -- DurationLearner -------------------------------------------------------------------------
 
 
@@ -203,12 +341,32 @@ def test_learner_knows_nothing_before_a_job_of_that_kind() -> None:
 def test_learner_spans_recent_durations_with_a_margin() -> None:
     learner = DurationLearner(window=3, tolerance=0.05, single_tolerance=0.15)
     learner.observe("Flux", 1024, 768, 4.0)
-    assert learner.estimate("flux", 1024, 768) == DurationEstimate(3.4, 4.6, 1)
+    assert learner.estimate("flux", 1024, 768) == DurationEstimate(3.4, 4.6, 1, False, ((4.0, 1),))
     for seconds in (5.0, 4.5, 4.2):  # the 4.0 s job falls out of the window of three
         learner.observe("flux", 1024, 768, seconds)
     estimate = learner.estimate("flux", 1024, 768)
     assert estimate is not None
     assert (estimate.low, estimate.high, estimate.samples) == pytest.approx((3.99, 5.25, 3))
+
+
+def test_learner_weighs_recent_jobs_more_so_it_follows_a_drift() -> None:
+    durations = [2.0] * 8 + [4.0] * 4  # the server got slower
+    slow, fast = DurationLearner(half_life=2.0), DurationLearner(half_life=0.5)
+    for seconds in durations:
+        slow.observe("flux", 512, 512, seconds)
+        fast.observe("flux", 512, 512, seconds)
+    estimate = slow.estimate("flux", 512, 512)
+    assert estimate is not None
+    weights = dict(estimate.distribution)
+    assert math.fsum(weights.values()) == pytest.approx(1.0)
+    # The four newest weigh 1, 1/sqrt2, 1/2, 1/(2 sqrt2); the eight older ones a quarter.
+    assert weights[4.0] == pytest.approx(2.56 / 3.36, abs=0.01)
+    assert estimate.low == pytest.approx(2.0 * 0.95)  # the span still covers the old ones
+    # That quarter still earns the old duration a read; forgetting faster drops it.
+    assert plan_reads(estimate.distribution, read_cost=0.25) == (2.0, 4.0)
+    forgetful = fast.estimate("flux", 512, 512)
+    assert forgetful is not None
+    assert plan_reads(forgetful.distribution, read_cost=0.25) == (4.0,)
 
 
 def test_learner_ignores_nonsense_durations() -> None:
@@ -224,7 +382,8 @@ def test_learner_ignores_nonsense_durations() -> None:
         {"min_delay": 0.0},
         {"min_delay": 2.0, "max_delay": 1.0},
         {"growth": 0.5},
-        {"window_reads": 0},
+        {"merge_gap": 0.3, "relative_gap": 0.2},
+        {"read_cost": 0.0},
     ],
 )
 def test_schedule_refuses_nonsense_settings(kwargs: dict[str, float]) -> None:
@@ -241,7 +400,8 @@ def test_with_progress_a_wide_learned_window_does_not_delay_the_first_read() -> 
     assert schedule.plan(create_seconds=0.0, expected=mixed).first_delay(elapsed=0.0) == 0.25
     assert schedule.plan(create_seconds=0.0, expected=one_job).first_delay(elapsed=0.0) == 0.25
     assert schedule.plan(create_seconds=0.0, expected=similar).first_delay(elapsed=0.0) == 2.7
-    assert schedule.plan(create_seconds=0.0, expected=silent).first_delay(elapsed=0.0) == 0.5
+    silent_plan = schedule.plan(create_seconds=0.0, expected=silent)
+    assert silent_plan.first_delay(elapsed=0.0) == 0.5 + schedule.end_margin
 
 
 def test_learner_remembers_whether_the_kind_reports_progress() -> None:

@@ -149,7 +149,8 @@ def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
                 options = dict(item)
                 if "prompt" not in options:
                     raise InvalidRequestError("it has no 'prompt'", field="prompt")
-                requests.append(_request(options.pop("prompt"), options))
+                # _request checks every name and value: the dict is only typed loosely here.
+                requests.append(_request(options.pop("prompt"), options))  # type: ignore[arg-type]
             else:
                 raise InvalidRequestError(
                     f"a {type(item).__name__} is neither a prompt (str) nor a dict of options",

@@ -263,7 +263,7 @@ class Client(config.HoldsKey):
         *,
         timeout: float | None = None,
         reuse: bool = True,
-        **options: Any,
+        **options: Unpack[RequestOptions],
     ) -> GeneratedImage:
         """``generate`` for asyncio: ``await client.agenerate(prompt, **options)``.
 

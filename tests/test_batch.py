@@ -37,6 +37,14 @@ def _run(client: Client, items: list[dict[str, object]], **options: object) -> B
     return result
 
 
+def _stored(client: Client, items: list[dict[str, object]]) -> tuple[str, BatchStore]:
+    """The batch's key and its store, as a rerun of ``items`` finds them."""
+    plan = client.generate_many(items, dry_run=True)  # type: ignore[arg-type]
+    assert isinstance(plan, Plan)
+    assert client.history is not None
+    return plan.batch_key, BatchStore(client.history)
+
+
 def test_results_are_aligned_with_the_items(emulator: Emulator, tmp_path: Path) -> None:
     items = _items(6)
     with _client(emulator, tmp_path) as client:
@@ -86,9 +94,7 @@ def test_a_rerun_takes_finished_items_from_the_store_and_resumes_open_jobs_by_id
 ) -> None:
     items = _items(3)
     with _client(emulator, tmp_path) as client:
-        batch_key = client.generate_many(items, dry_run=True).batch_key  # type: ignore[union-attr]
-        assert client.history is not None
-        store = BatchStore(client.history)
+        batch_key, store = _stored(client, items)
         # As if a crash came after item 1's create was answered and recorded.
         job = client.submit(str(items[1]["prompt"]), **SMALL)  # type: ignore[arg-type]
         store.link(batch_key, 1, job.id)
@@ -114,10 +120,9 @@ def test_an_intent_without_an_answer_is_reported_never_repaid_silently(
 ) -> None:
     items = _items(3)
     with _client(emulator, tmp_path) as client:
-        batch_key = client.generate_many(items, dry_run=True).batch_key  # type: ignore[union-attr]
-        assert client.history is not None
+        batch_key, store = _stored(client, items)
         # As if killed while item 0's create was on the wire: the intent, no id, no job.
-        BatchStore(client.history).intend(batch_key, 0)
+        store.intend(batch_key, 0)
         plan = client.generate_many(items, dry_run=True)
         assert isinstance(plan, Plan)
         assert (plan.uncertain, plan.to_create) == ((0,), (1, 2))
@@ -136,9 +141,7 @@ def test_an_intent_whose_job_the_engine_recorded_is_adopted(
 ) -> None:
     items = _items(2)
     with _client(emulator, tmp_path) as client:
-        batch_key = client.generate_many(items, dry_run=True).batch_key  # type: ignore[union-attr]
-        assert client.history is not None
-        store = BatchStore(client.history)
+        batch_key, store = _stored(client, items)
         # Killed after the engine recorded the job id, before the batch linked it.
         store.intend(batch_key, 1)
         job = client.submit(str(items[1]["prompt"]), **SMALL)  # type: ignore[arg-type]

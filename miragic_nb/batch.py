@@ -22,6 +22,7 @@ import hashlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -204,6 +205,8 @@ class Batch:
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        #: The items' handles while they run, to stop them at once with the batch.
+        self._handles: weakref.WeakSet[JobHandle] = weakref.WeakSet()
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -312,16 +315,22 @@ class Batch:
                 futures.append(workers.submit(item))
             for future in futures:
                 future.result()
-        except BaseException:
-            self._stop.set()
+        except BaseException:  # Ctrl-C: no further create; running jobs stop polling
+            self.cancel()
             workers.shutdown()
             raise
+        for index, _ in work[len(futures) :]:  # stopped before their turn: nothing was sent
+            finish(index, None, _not_started(index))
         result.rate_limited = pacing.rate_limited
         return result
 
     def cancel(self) -> None:
-        """Stop: no further create, running jobs stop polling (their ids stay recorded)."""
+        """Stop: no further create, running jobs stop polling (their ids stay recorded, and a
+        rerun picks them up)."""
         self._stop.set()
+        for handle in list(self._handles):
+            if handle.is_active:
+                handle.cancel()
 
     def _saved(self, job_id: str) -> GeneratedImage | None:
         record = self.history.get(job_id)
@@ -384,7 +393,7 @@ class Batch:
                     with self._lock:
                         result.reused += 1
                 return image, None
-        return None, CancelledBeforeStart(f"item {index}: the batch was stopped before it ran")
+        return None, _not_started(index)
 
     def _follow(
         self,
@@ -397,6 +406,7 @@ class Batch:
         """Cancel the handle with the batch; record an item's create intent and job id."""
         stop = self._stop
         linked = False
+        self._handles.add(handle)
 
         def listener(handle: JobHandle) -> None:
             nonlocal linked
@@ -439,6 +449,10 @@ class BatchCounts:
             f"{self.done + self.failed}/{self.total} · {self.done} done · {self.failed} failed "
             f"· {self.running} running · {self.credits} credits · {elapsed:.1f}s"
         )
+
+
+def _not_started(index: int) -> CancelledBeforeStart:
+    return CancelledBeforeStart(f"item {index}: the batch was stopped before it was sent")
 
 
 def _uncertain(index: int) -> UncertainJobError:

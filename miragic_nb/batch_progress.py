@@ -37,6 +37,7 @@ def batch_progress(
     """Show a bar for the block; yields the listener the batch feeds its counts to (it also
     calls ``on_progress``, the caller's own)."""
     view: JobProgress = make_progress(f"0/{plan.items}", stream=stream, widgets=widgets)
+    view.set_state(JobState.PENDING, percent=0.0)
     view.show()
     last: list[BatchCounts] = []
 

@@ -4,18 +4,19 @@ make a job twice."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from miragic_nb.batch import BatchResult, Plan, UncertainJobError
+from miragic_nb.batch import Batch, BatchResult, Plan, UncertainJobError
 from miragic_nb.batch_store import BatchStore
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, RateLimit
 from miragic_nb.errors import BudgetExceededError, InvalidRequestError, JobFailedError
 from miragic_nb.history import History
-from tests.conftest import FAST_POLLS
+from tests.conftest import FAST_POLLS, eventually
 
 CREATE = "/api/v1/image/generate"
 SMALL = {"width": 256, "height": 256}
@@ -205,3 +206,26 @@ def test_a_bad_concurrency_is_refused(emulator: Emulator, tmp_path: Path) -> Non
             with pytest.raises(InvalidRequestError, match="concurrency"):
                 client.generate_many(["x"], concurrency=bad)  # type: ignore[arg-type]
     assert emulator.requests == []
+
+
+def test_a_stopped_batch_sends_no_further_create_and_a_rerun_resumes_its_jobs(
+    tmp_path: Path,
+) -> None:
+    items = _items(6, "slow")
+    with Emulator(api_key="test-key-0123456789", job_seconds=4.0) as emulator:
+        with _client(emulator, tmp_path) as client:
+            batch = Batch(client, items, concurrency=2)  # type: ignore[arg-type]
+            plan = batch.plan()
+            outcome: list[BatchResult] = []
+            runner = threading.Thread(target=lambda: outcome.append(batch.run(plan)))
+            runner.start()
+            assert eventually(lambda: len(emulator.jobs) == 2)
+            batch.cancel()
+            runner.join(10)
+            assert not runner.is_alive()
+            (stopped,) = outcome
+            assert len(stopped.errors) == 6
+            assert emulator.count("POST", CREATE) == 2  # no create after the stop
+            rerun = client.generate_many(items, dry_run=True)  # type: ignore[arg-type]
+            assert isinstance(rerun, Plan)
+            assert (len(rerun.to_resume), len(rerun.to_create)) == (2, 4)

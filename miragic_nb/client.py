@@ -298,7 +298,7 @@ class Client(config.HoldsKey):
         Low level: nothing is recorded; ``submit`` records the id.
         """
         self._require_key()
-        # multipart/form-data like the reference's curl examples.
+        # multipart/form-data like the reference's curl examples (docs/api-contract.md, D1).
         files = {name: (None, value) for name, value in request.form_fields().items()}
         sent_at = time.monotonic()
         body = self._send("POST", self.base_url + CREATE_PATH, files=files)

@@ -550,7 +550,11 @@ def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, listener: Listener) -> Listener:
-    """``listener``, run on ``loop``'s thread instead of the worker's that reports a step."""
+    """``listener``, run on ``loop``'s thread instead of the worker's that reports a step.
+
+    Widget updates belong on the kernel's own thread (output routing from threads broke in
+    ipykernel 7.0 and came back in 7.1), so the panel hears its jobs through this.
+    """
 
     def forward(handle: JobHandle) -> None:
         try:

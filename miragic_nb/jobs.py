@@ -1,4 +1,4 @@
-"""The job record, read tolerantly (contract decision 4).
+"""The job record, read tolerantly (docs/api-contract.md, D4 and D5).
 
 ``progress`` may be missing, a number or a numeric string; unknown status values mean "not
 finished yet"; status strings are compared case-insensitively; extra fields are ignored.

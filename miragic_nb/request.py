@@ -24,7 +24,7 @@ MODELS: Mapping[str, str] = {
 IMAGE_INPUT_MODELS = frozenset({"kontext"})
 MIN_SIDE = 256
 MAX_SIDE = 2048
-#: Optional switches the API records; sent only when set explicitly (contract decision 3).
+#: Optional switches the API records; sent only when set explicitly (api-contract D3).
 FLAGS = ("enhance", "safe", "private", "nologo")
 
 

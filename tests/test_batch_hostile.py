@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from miragic_nb.client import Client
 from miragic_nb.errors import APIConnectionError
 from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
+from tests.loopback import serving
 
 KEY = "hostile-key-0123456789"
 _PROMPT = re.compile(rb'name="prompt"\r\n\r\n(.*?)\r\n--', re.S)
@@ -105,14 +106,8 @@ def limited() -> Iterator[tuple[str, Limited]]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, state
 
 
 def test_429s_reach_the_batch_and_a_lost_answer_is_uncertain_not_repaid(

@@ -7,6 +7,8 @@ cell or a batch that could take the session past its budget is refused before an
 
 from __future__ import annotations
 
+import sys
+
 from .batch_store import BatchStore
 from .engine import JobHandle, Listener
 from .errors import BudgetExceededError
@@ -26,6 +28,18 @@ def check_session(history: History, *, planned: int, max_credits: int | None) ->
             needed=spent + planned,
             allowed=max_credits,
         )
+
+
+def session_limit() -> int | None:
+    """``Miragic.max_credits`` of the IPython shell running this code, if the extension is
+    loaded there (so a batch in a notebook keeps to the same budget as its cells)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a script has no session budget
+    shell = None if ipython is None else ipython.get_ipython()
+    for configurable in getattr(shell, "configurables", []):
+        if type(configurable).__name__ == "Miragic":
+            limit = getattr(configurable, "max_credits", None)
+            return limit if isinstance(limit, int) else None
+    return None
 
 
 def counting(history: History) -> Listener:

@@ -241,6 +241,7 @@ class Client(config.HoldsKey):
         """
         from .batch import Batch, check_budget
         from .batch_progress import batch_progress
+        from .budget import check_session, session_limit
 
         batch = Batch(
             self,
@@ -254,6 +255,7 @@ class Client(config.HoldsKey):
         if dry_run:
             return plan
         check_budget(plan, max_credits)
+        check_session(batch.history, planned=plan.credits, max_credits=session_limit())
         with batch_progress(plan, on_progress) as show:
             return batch.run(plan, on_change=show)
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from miragic_nb.batch import BatchResult
 from miragic_nb.batch_store import BatchStore
+from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from miragic_nb.errors import BudgetExceededError
 from miragic_nb.magic import Miragic
@@ -53,3 +56,20 @@ def test_without_a_budget_the_ledger_still_counts(
     history = magic._resolve().client.history
     assert history is not None
     assert BatchStore(history).spent() == 1
+
+
+def test_a_batch_in_the_notebook_keeps_to_the_session_budget(
+    run: Runner, ip: InteractiveShell, magic: Miragic, api: Emulator
+) -> None:
+    ip.run_line_magic("config", "Miragic.max_credits = 2")
+    assert run("%%miragic -W 256 -H 256\none").error is None
+    with Client(api.api_key, api.url) as client:
+        with pytest.raises(BudgetExceededError, match=r"1 of Miragic\.max_credits = 2"):
+            client.generate_many(["two", "three"])
+        assert api.count("POST", CREATE) == 1
+        result = client.generate_many([{"prompt": "two", "width": 256, "height": 256}])
+        assert isinstance(result, BatchResult)
+        assert result.created == 1
+        history = client.history
+        assert history is not None
+        assert BatchStore(history).spent() == 2

@@ -22,6 +22,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         display_cost,
         download_decode,
         import_cost,
+        many,
         polling_latency,
         store,
         throughput,
@@ -35,6 +36,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         "download": download_decode.run,
         "throughput": throughput.run,
         "store": store.run,
+        "many": many.run,
     }
 
 

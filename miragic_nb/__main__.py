@@ -1,9 +1,12 @@
-"""``python -m miragic_nb demo|app``: the bundled notebooks headless, or the panel as a page.
+"""``python -m miragic_nb demo|app|batch``: the bundled notebooks headless, the panel as a
+page, or a batch of images from a file.
 
 Usage::
 
     python -m miragic_nb demo [--output DIR] [--notebook NAME] [--timeout SECONDS]
     python -m miragic_nb app [--port N] [--host HOST] [--save-dir DIR]
+    python -m miragic_nb batch FILE --out DIR [--model M] [--size WxH] [--seed N]
+        [--concurrency N|auto] [--max-credits N] [--dry-run] [--fresh]
 
 ``demo``: with no ``MIRAGIC_API_KEY`` the notebook runs on the built-in emulator (no network,
 no credits); with a key it calls the real API. The executed ``.ipynb`` and an ``.html``
@@ -11,6 +14,9 @@ rendering are written to ``DIR`` (default ``./miragic-demo``) and their paths pr
 
 ``app``: serves the panel alone as a web page with Voilà (the ``app`` extra), on 127.0.0.1
 with a token; see ``miragic_nb/app.py``.
+
+``batch``: an image per line of a .txt, .csv or .jsonl file, resumable; see ``cli_batch.py``
+and ``docs/batches.md``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import app, demo
+from . import app, cli_batch, demo
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m miragic_nb",
-        description="miragic-nb command line: run the bundled notebooks headless.",
+        description="miragic-nb command line: run the bundled notebooks headless, or a batch.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
@@ -86,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the Save button writes images (default: the current directory)",
     )
+    cli_batch.add_parser(commands)
     return parser
 
 
@@ -148,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "batch":
+        return cli_batch.run(args)
     if args.command == "app":
         return _app(args)
     return 2  # argparse rejects unknown commands before this

@@ -14,16 +14,17 @@ generation under one deadline (``timeout``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import config, transport
-from .engine import Engine, JobHandle, JobState, check_timeout
+from .engine import Engine, JobHandle, JobState, Workers, check_timeout
 from .errors import (
     APIConnectionError,
     APIError,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     import requests
     from typing_extensions import Unpack
 
+    from .batch import BatchCounts, BatchResult, Plan
     from .history import History
 
 log = logging.getLogger("miragic_nb")
@@ -62,6 +64,8 @@ JOB_PATH = "/api/v1/image/jobs/"
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 #: Answers of a result host for a file that has expired or is gone.
 GONE_STATUSES = (403, 404, 410)
+#: ``agenerate`` calls of one client that run at once; more wait for a worker.
+MAX_ASYNC_JOBS = 32
 #: Tries for a result download whose connection breaks mid-body.
 DOWNLOAD_ATTEMPTS = 3
 
@@ -95,6 +99,9 @@ class Client(config.HoldsKey):
     - ``wait(job_or_id, *, timeout, on_progress) -> Job``: poll until it is ``COMPLETED``.
     - ``resume(job_or_id) -> GeneratedImage``: wait for an existing job and fetch its image,
       from this kernel or another one (no new job).
+    - ``generate_many(items, ...) -> BatchResult``: many jobs, paced to the service's rate
+      limits, resumable after a crash, with a dry run and a credit budget.
+    - ``await agenerate(prompt, **options) -> GeneratedImage``: ``generate`` for asyncio.
 
     ``image_url`` (``kontext``) may be a URL, a result (``GeneratedImage``), a ``Job`` or job
     id, or a local file, ``bytes`` or PIL image; the last three go through ``uploader``
@@ -142,6 +149,8 @@ class Client(config.HoldsKey):
         self.uploader = uploader
         #: Runs this client's jobs: reuse, the history, deadlines, cancellation.
         self.engine = Engine(self, history=_history(history))
+        self._async_pool: Workers | None = None
+        self._async_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # getattr: a traceback may show a client whose __init__ raised half-way.
@@ -236,6 +245,80 @@ class Client(config.HoldsKey):
             _request(prompt, checked)
             options = {**options, "image_url": self.resolve_image_url(given)}
         return _request(prompt, options)
+
+    def generate_many(
+        self,
+        items: Sequence[str | Mapping[str, Any]],
+        *,
+        concurrency: int | str = "auto",
+        max_credits: int | None = None,
+        dry_run: bool = False,
+        fresh: bool = False,
+        timeout: float | None = None,
+        on_progress: Callable[[BatchCounts], None] | None = None,
+        name: str | None = None,
+        retry_uncertain: bool = False,
+    ) -> BatchResult | Plan:
+        """Generate many images; a rerun of the same batch resumes it (see ``docs/batches.md``).
+
+        ``items`` are prompts or dicts of ``generate`` options, all validated before anything
+        is sent. Returns a ``BatchResult`` aligned with ``items`` (None where an item failed;
+        ``.errors`` says why), or with ``dry_run`` the ``Plan`` and nothing sent.
+        ``max_credits`` refuses (``BudgetExceededError``) a plan creating more jobs.
+        ``concurrency``: ``"auto"`` adapts to the service's rate limits; a number caps it.
+        """
+        from .batch import Batch, check_budget
+        from .batch_progress import batch_progress
+        from .budget import check_session, session_limit
+
+        batch = Batch(
+            self,
+            items,
+            name=name,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry_uncertain=retry_uncertain,
+        )
+        plan = batch.plan(fresh=fresh)
+        if dry_run:
+            return plan
+        check_budget(plan, max_credits)
+        check_session(batch.history, planned=plan.credits, max_credits=session_limit())
+        with batch_progress(plan, on_progress) as show:
+            return batch.run(plan, on_change=show)
+
+    async def agenerate(
+        self,
+        prompt: str | GenerationRequest,
+        *,
+        timeout: float | None = None,
+        reuse: bool = True,
+        **options: Unpack[RequestOptions],
+    ) -> GeneratedImage:
+        """``generate`` for asyncio: ``await client.agenerate(prompt, **options)``.
+
+        The job runs on the engine's workers, so many of them (``asyncio.gather``) run at
+        once. Cancelling the task stops polling at once; the job id stays in the history,
+        marked cancelled, and ``client.resume(job_id)`` picks it up.
+        """
+        request = self._request(prompt, options)
+        limit = self.timeout if timeout is None else check_timeout(timeout)
+        handle = self.engine.start(
+            JobHandle(request), timeout=limit, reuse=reuse, workers=self._async_workers()
+        )
+        try:
+            return await handle.wait_async()
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+    def _async_workers(self) -> Workers:
+        """The pool ``agenerate`` runs on: wide, so gathered calls are not queued behind the
+        engine's default four."""
+        with self._async_lock:
+            if self._async_pool is None:
+                self._async_pool = Workers(max_workers=MAX_ASYNC_JOBS)
+            return self._async_pool
 
     # -- the API calls -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ MiragicError
 ├── APIConnectionError (also ConnectionError)      no answer: refused, reset, read timeout
 ├── JobFailedError                                 the job ended ``FAILED``
 ├── JobTimeoutError  (also TimeoutError)           the job did not finish in time
+├── BudgetExceededError                           a plan would spend more credits than allowed
 └── HistoryError     (also OSError)                the history database cannot be used
     ├── HistoryCorruptError                        it is not a (sound) SQLite database
     └── HistoryTooNewError                         a newer miragic-nb wrote it
@@ -124,6 +125,15 @@ class JobTimeoutError(MiragicError, TimeoutError):
     def __init__(self, message: str, *, job_id: str, last_job: Job | None = None) -> None:
         super().__init__(message, job_id=job_id)
         self.last_job = last_job
+
+
+class BudgetExceededError(MiragicError):
+    """Refused before any request: the plan would create more jobs (credits) than allowed."""
+
+    def __init__(self, message: str, *, needed: int, allowed: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.allowed = allowed
 
 
 def server_text(text: str, limit: int = _EXCERPT_CHARS) -> str:

@@ -15,6 +15,7 @@ import argparse
 import builtins
 import contextlib
 import functools
+import itertools
 import keyword
 import queue
 import re
@@ -29,7 +30,7 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from . import builtin, config
+from . import budget, builtin, config, sweeps
 from .engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
 from .errors import (
     InvalidRequestError,
@@ -40,7 +41,6 @@ from .errors import (
 )
 from .gallery import ImageGrid
 from .image_inputs import held_value, restore_held_names, url_to_check
-from .interpolate import interpolate
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
 from .request import (
@@ -56,8 +56,11 @@ if TYPE_CHECKING:
 
     from .history import History
 
-#: Most jobs one cell may start (``--n`` times the number of models).
-MAX_JOBS = 16
+#: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
+#: at most ``Miragic.max_concurrency`` at a time.
+MAX_JOBS = 64
+#: The highest ``Miragic.max_concurrency``.
+MAX_CONCURRENCY = 16
 #: Seconds between progress redraws while no status read arrives (elapsed time keeps moving).
 TICK_SECONDS = 0.25
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
@@ -106,13 +109,6 @@ def _side(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be an integer from {MIN_SIDE} to {MAX_SIDE}, got {text!r}"
         )
-    return value
-
-
-def _seed(text: str) -> int:
-    value = parse_decimal(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
 
 
@@ -210,6 +206,12 @@ class Miragic(Magics, Configurable):
     max_concurrency = Int(8, help="Jobs a cell runs at the same time (--n, model lists).").tag(
         config=True
     )
+    max_credits = Int(
+        None,
+        allow_none=True,
+        help="Credits this kernel session may spend (None: no limit); a cell that could go "
+        "past it is refused before anything is sent.",
+    ).tag(config=True)
     poll_interval = Float(0.25, help="Seconds before the first status read.").tag(config=True)
     max_poll_interval = Float(5.0, help="Longest pause between status reads.").tag(config=True)
 
@@ -249,8 +251,8 @@ class Miragic(Magics, Configurable):
     @validate("max_concurrency")
     def _check_concurrency(self, proposal: Any) -> int:
         value = int(proposal["value"])
-        if not 1 <= value <= MAX_JOBS:
-            raise TraitError(f"Miragic.max_concurrency must be from 1 to {MAX_JOBS}")
+        if not 1 <= value <= MAX_CONCURRENCY:
+            raise TraitError(f"Miragic.max_concurrency must be from 1 to {MAX_CONCURRENCY}")
         return value
 
     # -- the magic -------------------------------------------------------------------------
@@ -269,7 +271,19 @@ class Miragic(Magics, Configurable):
         help="input image for image-to-image (model kontext only): a URL, a job id, a file, "
         "or {img} for a result or picture you hold",
     )
-    @_argument("--seed", type=_seed, help="non-negative integer; same seed, same picture")
+    @_argument(
+        "--seed",
+        type=sweeps.seeds,
+        help="non-negative integer (same seed, same picture), or a range 1..8: a job per seed",
+    )
+    @_argument(
+        "--sweep",
+        metavar="NAME",
+        help="a job per value of the list variable NAME, written {NAME} in the prompt",
+    )
+    @_argument(
+        "--dry-run", action="store_true", help="print the planned jobs and credits; send nothing"
+    )
     @_argument(
         "--enhance", action=argparse.BooleanOptionalAction, help="let the API rewrite the prompt"
     )
@@ -294,7 +308,9 @@ class Miragic(Magics, Configurable):
         %%miragic [options]
         A prompt; {name}, {name.attr} and {name[key]} come from your variables.
 
-        The cell's value is a PIL image (a list of them with --n or a model list).
+        The cell's value is a PIL image (a grid of them with --n, a model list, a seed range
+        --seed 1..8 or --sweep NAME over a list variable, labelled by what was swept).
+        --dry-run prints the jobs and the credits they may cost, and sends nothing.
         Line form: %miragic SUBCOMMAND (models, history, usage, resume...); %miragic help
         lists them all.
         """
@@ -315,11 +331,20 @@ class Miragic(Magics, Configurable):
         body = cell.strip()
         quiet = body.endswith(";")
         body = body.rstrip(";").strip() if quiet else body
-        prompt = interpolate(body, self._namespace())
-        if not prompt.strip():
+        try:
+            variants = sweeps.prompts(body, self._namespace(), args.sweep)
+        except ValueError as exc:
+            raise UsageError(f"%%miragic: {exc}") from None
+        if not all(variant.prompt.strip() for variant in variants):
             raise UsageError("%%miragic: the cell has no prompt; write it below the %%miragic line")
-        requests = self._requests(args, prompt)
+        requests, sweep_labels = self._requests(args, variants)
+        if args.dry_run:
+            _print_plan(requests)
+            return None
         client = self._resolve().client
+        engine = client.engine
+        history = engine.history or self._history()
+        budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
@@ -327,21 +352,26 @@ class Miragic(Magics, Configurable):
                 requests = [replace(request, image_url=url) for request in requests]
             except InvalidRequestError as exc:
                 raise UsageError(f"%%miragic: {exc.message}") from None
-        engine = client.engine
-        slots = self._slots(requests, many=len(requests) > 1)
-        self._run(
-            slots,
-            lambda handle, workers: engine.start(
+        slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
+        count = budget.counting(history)
+
+        def start(handle: JobHandle, workers: Workers) -> object:
+            handle.subscribe(count)
+            return engine.start(
                 handle,
                 timeout=args.timeout or self.timeout,
                 reuse=self.reuse and not args.fresh,
                 workers=workers,
-            ),
-        )
-        return self._finish(slots, args.out, quiet, columns=self._columns(args, requests))
+            )
 
-    def _requests(self, args: argparse.Namespace, prompt: str) -> list[GenerationRequest]:
-        """Every request of the cell, validated before anything is sent."""
+        self._run(slots, start)
+        return self._finish(slots, args.out, quiet, columns=self._columns(requests, sweep_labels))
+
+    def _requests(
+        self, args: argparse.Namespace, variants: list[sweeps.Variant]
+    ) -> tuple[list[GenerationRequest], list[str]]:
+        """Every request of the cell, validated before anything is sent, with the swept
+        value each was made with."""
         names = (args.model or self.model).split(",")
         models = list(dict.fromkeys(m.strip().lower() for m in names if m.strip()))
         if not models:
@@ -355,41 +385,47 @@ class Miragic(Magics, Configurable):
         if args.size and (args.width or args.height):
             raise UsageError("%%miragic: give either --size WxH or --width/--height, not both")
         width, height = args.size or (args.width or self.width, args.height or self.height)
-        if len(models) * args.n > MAX_JOBS:
+        seeds = _cell_seeds(args)
+        jobs = len(variants) * len(seeds) * len(models)
+        if jobs > MAX_JOBS:
             raise UsageError(
-                f"%%miragic: {len(models)} models × --n {args.n} is {len(models) * args.n} jobs; "
-                f"at most {MAX_JOBS} per cell"
+                f"%%miragic: {len(variants)} prompts × {len(seeds)} seeds × {len(models)} models "
+                f"is {jobs} jobs; at most {MAX_JOBS} per cell"
             )
-        requests = []
+        requests, labels = [], []
         try:
             # Seed-major order: with a model list, each grid row is one seed, each column a model.
-            for index in range(args.n):
-                for model in models:
-                    requests.append(
-                        GenerationRequest(
-                            prompt,
-                            model=model,
-                            width=width,
-                            height=height,
-                            image_url=url_to_check(args.image_url),
-                            seed=None if args.seed is None else args.seed + index,
-                            enhance=args.enhance,
-                            safe=args.safe,
-                            private=args.private,
-                            nologo=args.nologo,
-                        )
+            for variant, seed, model in itertools.product(variants, seeds, models):
+                labels.append(variant.label)
+                requests.append(
+                    GenerationRequest(
+                        variant.prompt,
+                        model=model,
+                        width=width,
+                        height=height,
+                        image_url=url_to_check(args.image_url),
+                        seed=seed,
+                        enhance=args.enhance,
+                        safe=args.safe,
+                        private=args.private,
+                        nologo=args.nologo,
                     )
+                )
         except InvalidRequestError as exc:
             raise UsageError(f"%%miragic: {exc.message}") from None
-        return requests
+        return requests, labels
 
-    def _slots(self, requests: list[GenerationRequest], *, many: bool) -> list[_Slot]:
+    def _slots(
+        self, requests: list[GenerationRequest], sweep_labels: list[str], *, many: bool
+    ) -> list[_Slot]:
         models = len({r.model for r in requests})
         compare = models > 1
-        per_model = len(requests) // models
+        per_model = len(requests) // models // len(set(sweep_labels))
         slots = []
         for index, request in enumerate(requests):
-            parts = [request.model] if compare else []  # one job: the caption names the model
+            parts = [sweep_labels[index]] if sweep_labels[index] else []
+            if compare:  # one job: the caption names the model
+                parts.append(request.model)
             if per_model > 1:
                 seed = request.seed
                 parts.append(f"seed {seed}" if seed is not None else f"#{index // models + 1}")
@@ -398,9 +434,14 @@ class Miragic(Magics, Configurable):
             slots.append(_Slot(label=label, request=request, progress=progress))
         return slots
 
-    def _columns(self, args: argparse.Namespace, requests: list[GenerationRequest]) -> int:
+    def _columns(self, requests: list[GenerationRequest], sweep_labels: list[str]) -> int:
         models = len({r.model for r in requests})
-        return models if models > 1 else min(args.n, 4)
+        prompts = len(set(sweep_labels))
+        seeds = len(requests) // models // prompts
+        if models > 1:
+            return models
+        # A sweep over prompts and seeds: a row per prompt, a column per seed.
+        return seeds if prompts > 1 and seeds > 1 else min(len(requests), 4)
 
     # -- running jobs ----------------------------------------------------------------------
 
@@ -594,6 +635,29 @@ class Miragic(Magics, Configurable):
             for name, value in self._ip.user_ns.items()
             if name not in hidden or hidden[name] is not value
         }
+
+
+def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
+    """The cell's seeds: a range, or ``--n`` of them from ``--seed S`` (None: unseeded)."""
+    if args.seed is None:
+        return [None] * args.n
+    if len(args.seed) > 1:
+        if args.n != 1:
+            raise UsageError("%%miragic: give either --n or a seed range, not both")
+        return list(args.seed)
+    return [args.seed[0] + index for index in range(args.n)]
+
+
+def _print_plan(requests: list[GenerationRequest]) -> None:
+    """``--dry-run``: the jobs a cell would start, and what they may cost."""
+    for request in requests:
+        seed = "" if request.seed is None else f" seed {request.seed}"
+        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    count = len(requests)
+    print(
+        f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "
+        "(a seeded job whose result is saved comes free); nothing was sent"
+    )
 
 
 def _one_line(exc: BaseException | None, hint: str = "") -> str:

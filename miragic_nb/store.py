@@ -5,8 +5,10 @@ instead of failing; every change is one transaction, so a kernel killed mid-writ
 last committed state. ``PRAGMA user_version`` is the schema version: a newer file, or one
 that is not a database, is refused with a one-line ``HistoryError`` and never touched.
 
-Tables: ``jobs`` (one row per job), ``events`` (its status changes) and ``reuses`` (each time
-a saved result was returned instead of paying for a new job). A later schema version adds its
+Tables: ``jobs`` (one row per job), ``events`` (its status changes), ``reuses`` (each time
+a saved result was returned instead of paying for a new job), ``batch_items`` (which job each
+item of a batch has, and the intent to create it written before the create) and ``ledger``
+(the credits each kernel session spent). A later schema version adds its
 tables as one more step in ``_SCHEMA_STEPS``.
 """
 
@@ -77,6 +79,26 @@ _SCHEMA_STEPS = (
         at TEXT NOT NULL
     );
     CREATE INDEX reuses_by_time ON reuses (at);
+    """,
+    # Batches: the intent to create an item's job is written before the create is sent, and
+    # the job id next to it once the answer is read; an intent without an id after a crash
+    # is a create whose answer was lost. The ledger counts the credits each session spent.
+    """
+    CREATE TABLE batch_items (
+        batch_key TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        job_id TEXT,
+        intent_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (batch_key, item)
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY,
+        session TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX ledger_by_session ON ledger (session);
     """,
 )
 SCHEMA_VERSION = len(_SCHEMA_STEPS)

@@ -124,6 +124,26 @@ class CreateRetry(BoundedRetry):
     RETRY_AFTER_STATUS_CODES = frozenset({429})
     retry_after_cap = MAX_CREATE_RETRY_AFTER_S
 
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 429 and _caller_paces_creates.get():
+            return False  # the caller's own rate controller must see every 429
+        return super().is_retry(method, status_code, has_retry_after)
+
+
+#: True while the caller (a batch) paces creates itself: create 429s come straight back.
+_caller_paces_creates: ContextVar[bool] = ContextVar("miragic_caller_paces", default=False)
+
+
+@contextmanager
+def caller_paces_creates() -> Iterator[None]:
+    """Inside the block a create answered 429 is not retried by urllib3 but raised at once
+    (``RateLimitError``), so a batch's controller sees every 429 and slows down itself."""
+    token = _caller_paces_creates.set(True)
+    try:
+        yield
+    finally:
+        _caller_paces_creates.reset(token)
+
 
 def read_retry() -> Retry:
     """Status reads and downloads: connection errors, read errors, 429 and 502/503/504."""
@@ -581,7 +601,10 @@ def parse_answer(response: requests.Response, data: bytes, *, job_id: str | None
             f"the API refused the key ({status}): {message}", status_code=status, job_id=job_id
         )
     if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        # X-RateLimit-Reset-After is precise to the millisecond; Retry-After whole seconds.
+        retry_after = parse_retry_after(response.headers.get("X-RateLimit-Reset-After"))
+        if retry_after is None:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
         hint = f"; retry after {retry_after:g}s" if retry_after is not None else ""
         raise RateLimitError(
             f"rate limited by the API{hint}: {message}", retry_after=retry_after, job_id=job_id

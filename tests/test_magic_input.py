@@ -76,7 +76,7 @@ def test_out_still_takes_an_ordinary_name(run: Runner, ip: InteractiveShell, api
         ("%miragic history ²", "%miragic history [N]"),
         ("%miragic history ٣", "%miragic history [N]"),
         ("%%miragic --seed ²\na cat", "must be a non-negative integer, got '²'"),
-        ("%%miragic --n ³\na cat", "must be an integer from 1 to 16, got '³'"),
+        ("%%miragic --n ³\na cat", "must be an integer from 1 to 64, got '³'"),
         ("%%miragic -W ²⁵⁶\na cat", "must be an integer from 256 to 2048, got '²⁵⁶'"),
     ],
 )

@@ -36,6 +36,7 @@ from .errors import (
     InvalidRequestError,
     MiragicError,
     RateLimitError,
+    UncertainJobError,
 )
 from .history import COMPLETED, FAILED, _load
 from .pacing import Pacing, check_concurrency
@@ -126,10 +127,6 @@ class BatchResult(Sequence["GeneratedImage | None"]):
             + (f" uncertain={self.uncertain}" if self.uncertain else "")
             + ">"
         )
-
-
-class UncertainJobError(MiragicError):
-    """The item's create was sent but its answer was lost: a job may exist and be paid for."""
 
 
 def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:

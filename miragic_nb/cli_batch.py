@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .batch import Batch, BatchResult, UncertainJobError, check_budget, requests_of
+from .batch import Batch, BatchResult, check_budget, requests_of
 from .batch_progress import batch_progress
 from .embedded import image_extension
-from .errors import BudgetExceededError, InvalidRequestError, MiragicError
+from .errors import BudgetExceededError, InvalidRequestError, MiragicError, UncertainJobError
 from .request import FLAGS, GenerationRequest, parse_decimal
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ MiragicError
 ├── APIConnectionError (also ConnectionError)      no answer: refused, reset, read timeout
 ├── JobFailedError                                 the job ended ``FAILED``
 ├── JobTimeoutError  (also TimeoutError)           the job did not finish in time
-├── BudgetExceededError                           a plan would spend more credits than allowed
+├── UncertainJobError                              a batch item's create answer was lost
+├── BudgetExceededError                            a plan would spend more credits than allowed
 └── HistoryError     (also OSError)                the history database cannot be used
     ├── HistoryCorruptError                        it is not a (sound) SQLite database
     └── HistoryTooNewError                         a newer miragic-nb wrote it
@@ -125,6 +126,10 @@ class JobTimeoutError(MiragicError, TimeoutError):
     def __init__(self, message: str, *, job_id: str, last_job: Job | None = None) -> None:
         super().__init__(message, job_id=job_id)
         self.last_job = last_job
+
+
+class UncertainJobError(MiragicError):
+    """A batch item's create was sent but its answer was lost: a job may exist and be paid for."""
 
 
 class BudgetExceededError(MiragicError):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from miragic_nb.batch import Batch, BatchResult, Plan, UncertainJobError
+from miragic_nb import UncertainJobError
+from miragic_nb.batch import Batch, BatchResult, Plan
 from miragic_nb.batch_store import BatchStore
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, RateLimit

@@ -192,8 +192,10 @@ def _interrupt_once_handed_out(server: IdLoggingServer, main: int) -> None:
 # lands only in generate() and never in this loop's own bookkeeping.
 _GENERATE_LOOP = textwrap.dedent(
     """
-    import os, signal, sys
+    import faulthandler, os, signal, sys
     import miragic_nb
+
+    faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if stuck
     from miragic_nb.polling import PollSchedule
 
     SIGINT = {signal.SIGINT}
@@ -230,11 +232,13 @@ def _lines_of(child: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
-def _next(lines: queue.Queue[str], errors: Path) -> str:
+def _next(lines: queue.Queue[str], errors: Path, child: subprocess.Popen[str]) -> str:
     try:
         return lines.get(timeout=30)
     except queue.Empty:
-        raise AssertionError(f"the generate loop is stuck: {errors.read_text()[-3000:]}") from None
+        child.send_signal(signal.SIGUSR1)  # faulthandler writes every thread's stack to stderr
+        time.sleep(1)
+        raise AssertionError(f"the generate loop is stuck: {errors.read_text()[-6000:]}") from None
 
 
 def test_random_ctrl_c_in_generate_never_loses_a_job_id(
@@ -261,7 +265,7 @@ def test_random_ctrl_c_in_generate_never_loses_a_job_id(
     outcomes = _lines_of(child)
     lines: list[str] = []
     try:
-        assert _next(outcomes, errors_file) == "ready"
+        assert _next(outcomes, errors_file, child) == "ready"
         for _ in range(150):
             lines.append("signal")
             time.sleep(rng.uniform(0.0, 0.06))  # about one generation, so anywhere in it
@@ -269,7 +273,7 @@ def test_random_ctrl_c_in_generate_never_loses_a_job_id(
             # The next signal only after this one was raised: two Ctrl-C in one create would
             # rightly abandon its answer.
             while not lines or lines[-1] != "K":
-                lines.append(_next(outcomes, errors_file))
+                lines.append(_next(outcomes, errors_file, child))
         stop.touch()
         child.wait(timeout=60)
     finally:

@@ -9,8 +9,8 @@ job. The ledger counts the credits each kernel session spent (``%config Miragic.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
-import uuid
 from dataclasses import dataclass
 
 from . import store
@@ -18,7 +18,7 @@ from .history import History, reuse_key
 from .request import GenerationRequest
 
 #: This process's session in the ledger: a kernel's credits are counted from its start.
-SESSION = uuid.uuid4().hex
+SESSION = secrets.token_hex(16)
 
 
 @dataclass(frozen=True)

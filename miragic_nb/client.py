@@ -14,7 +14,6 @@ generation under one deadline (``timeout``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -306,6 +305,8 @@ class Client(config.HoldsKey):
         handle = self.engine.start(
             JobHandle(request), timeout=limit, reuse=reuse, workers=self._async_workers()
         )
+        import asyncio  # here: importing asyncio would slow %load_ext for every magic user
+
         try:
             return await handle.wait_async()
         except asyncio.CancelledError:

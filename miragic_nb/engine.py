@@ -23,7 +23,6 @@ so Ctrl-C reaches it. A batch or an async face is more handles on the same engin
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import enum
 import logging
@@ -42,6 +41,8 @@ from .request import GenerationRequest
 from .result_info import ResultInfo
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .client import Client
     from .history import History
     from .images import GeneratedImage
@@ -198,6 +199,8 @@ class JobHandle:
 
     async def wait_async(self) -> GeneratedImage:
         """``wait`` for asyncio: the loop stays free while a worker runs the job."""
+        import asyncio  # here: importing asyncio would slow %load_ext for every magic user
+
         if self.future is None:
             raise RuntimeError("this job was not started on workers")
         return await asyncio.wrap_future(self.future)
@@ -278,6 +281,8 @@ class Workers:
 
     async def settle(self) -> None:
         """Wait until no worker thread is running (e.g. after a cancel)."""
+        import asyncio  # here: see wait_async
+
         while True:
             with self._lock:
                 pending = [f for f in self._running if not f.done()]

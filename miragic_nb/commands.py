@@ -286,14 +286,7 @@ def _resume(magic: Miragic, args: argparse.Namespace) -> Any:
         progress=magic._make_progress("resume", many=False),
         resume_id=args.job_id,
     )
-    magic._run(
-        [slot],
-        lambda handle, workers: engine.start(
-            handle,
-            timeout=args.timeout or magic.timeout,
-            workers=workers,
-        ),
-    )
+    magic._run([slot], magic._group([slot], engine, timeout=args.timeout))
     return magic._finish([slot], args.out, False, columns=1)
 
 

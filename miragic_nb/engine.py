@@ -1,7 +1,8 @@
 """The job engine: one job's whole life, written once, under every face.
 
 A job goes ``queued → submitting → pending → downloading → completed``, or ends ``failed``,
-``cancelled`` or ``timed_out`` (``JobState``). Each job is one ``JobHandle`` -- its request,
+``cancelled``, ``never_sent``, ``interrupted`` or ``timed_out`` (``JobState``; the words every
+face shows are in ``docs/job-ends.md``). Each job is one ``JobHandle`` -- its request,
 id, state, progress, result or error -- that a face subscribes to. The ``Engine`` drives the
 handle through the client's API calls and does everything around them, here and nowhere else:
 
@@ -56,7 +57,13 @@ _T = TypeVar("_T")
 
 
 class JobState(str, enum.Enum):
-    """Where one job stands; the same words in every face, progress view and the history."""
+    """Where one job stands; the same words in every face, progress view and the history.
+
+    How a job ends (see ``docs/job-ends.md``): ``completed``; ``failed`` (the server said so,
+    or the job could not be made or fetched); ``cancelled`` by the user (before or after it
+    was sent); ``never_sent`` (a stopped group never sent it: no credit); ``interrupted`` or
+    ``timed_out`` (we stopped waiting: still on the server, resumable).
+    """
 
     QUEUED = "queued"
     SUBMITTING = "submitting"
@@ -65,17 +72,43 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    NEVER_SENT = "never_sent"
+    INTERRUPTED = "interrupted"
     TIMED_OUT = "timed_out"
 
     @property
     def is_final(self) -> bool:
         return self in _FINAL
 
+    @property
+    def words(self) -> str:
+        """The state as faces write it: ``timed out``, ``never sent``."""
+        return self.value.replace("_", " ")
+
+    @property
+    def is_failure(self) -> bool:
+        """Only a failure is shown red; a stop is not one."""
+        return self is JobState.FAILED
+
+    @property
+    def resumable(self) -> bool:
+        """The job is still on the server and can be picked up by its id."""
+        return self in (JobState.INTERRUPTED, JobState.TIMED_OUT)
+
     def __str__(self) -> str:
         return self.value
 
 
-_FINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
+_FINAL = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.NEVER_SENT,
+        JobState.INTERRUPTED,
+        JobState.TIMED_OUT,
+    }
+)
 
 
 def store_status(state: JobState, error: BaseException | None = None) -> str:
@@ -90,6 +123,8 @@ def store_status(state: JobState, error: BaseException | None = None) -> str:
         JobState.COMPLETED: COMPLETED,
         JobState.FAILED: FAILED,
         JobState.CANCELLED: CANCELLED,
+        # The history's word for a wait the user stopped; the job may still finish.
+        JobState.INTERRUPTED: CANCELLED,
         JobState.TIMED_OUT: TIMEOUT,
     }.get(state, PENDING)
 
@@ -171,16 +206,20 @@ class JobHandle:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def cancel(self) -> bool:
+    def cancel(self, *, interrupt: bool = False) -> bool:
         """Stop the job at its next step; True if the create request had already been sent.
 
-        The handle is ``cancelled`` from now on, whatever the worker still finishes: a face
-        shows what the user asked for (an id that arrives later is still kept).
+        The handle ends from now on, whatever the worker still finishes: ``cancelled`` (the
+        user cancelled this job), or for a stopped group (``interrupt``) ``interrupted`` once
+        sent and ``never_sent`` before. An id that arrives later is still kept.
         """
         with self.cancellation.lock:
             self.cancellation.event.set()
             sent = self._sent
-        self.move(JobState.CANCELLED)
+        if not interrupt:
+            self.move(JobState.CANCELLED)
+        else:
+            self.move(JobState.INTERRUPTED if sent else JobState.NEVER_SENT)
         return sent
 
     def begin_send(self) -> bool:
@@ -339,7 +378,7 @@ class Engine:
         handle.future = pool.submit(lambda: self.run(handle, timeout=timeout, reuse=reuse))
         # A job dropped from the queue before it began never ran: say so on its handle.
         handle.future.add_done_callback(
-            lambda future: handle.move(JobState.CANCELLED) if future.cancelled() else None
+            lambda future: handle.move(JobState.NEVER_SENT) if future.cancelled() else None
         )
         return handle
 
@@ -370,8 +409,8 @@ class Engine:
         try:
             image = self._finish(handle, started=started, deadline=deadline, limit=limit)
         except KeyboardInterrupt:
-            handle.cancel()
-            self._record_end(handle, JobState.CANCELLED, None)
+            handle.cancel(interrupt=True)
+            self._record_end(handle, JobState.INTERRUPTED, None)
             raise
         handle.move(JobState.COMPLETED, result=image)
         return image
@@ -392,7 +431,9 @@ class Engine:
         # Under the handle's lock: once cancelled, no create is sent.
         if not handle.begin_send():
             error = CancelledBeforeStart("cancelled before the job was sent; no credit used")
-            handle.move(JobState.CANCELLED, error=error)
+            # A job cancelled on its own is ``cancelled`` already; one whose group stopped
+            # was never sent.
+            handle.move(JobState.NEVER_SENT, error=error)
             raise error
         handle.move(JobState.SUBMITTING)
         # A Ctrl-C while the create is on the wire waits until the id is recorded: otherwise it
@@ -429,6 +470,8 @@ class Engine:
         except Exception as exc:
             error = _ended(exc, job_id, deadline=deadline, limit=limit)
             state = _final_state(error, cancelled=cancel.is_set())
+            if state is JobState.CANCELLED and handle.state.is_final:
+                state = handle.state  # how it was stopped: by its own Cancel, or with its group
             self._record_end(handle, state, error)
             handle.move(state, error=error)
             if error is exc:

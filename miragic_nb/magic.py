@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import contextlib
-import functools
 import itertools
 import keyword
-import queue
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core.error import UsageError
@@ -30,8 +27,8 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from . import budget, builtin, config, sweeps
-from .engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
+from . import builtin, config, sweeps
+from .engine import CancelledBeforeStart, Engine, JobState
 from .errors import (
     InvalidRequestError,
     JobFailedError,
@@ -40,6 +37,7 @@ from .errors import (
     MissingAPIKeyError,
 )
 from .gallery import ImageGrid
+from .group import MAGIC, Group, GroupInterrupted, Member
 from .image_inputs import held_value, restore_held_names, url_to_check
 from .polling import PollSchedule
 from .progress import JobProgress, make_progress
@@ -55,6 +53,7 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from .history import History
+    from .images import GeneratedImage
 
 #: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
 #: at most ``Miragic.max_concurrency`` at a time.
@@ -79,24 +78,20 @@ _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace],
 _display: Callable[..., Any] = display
 
 
-def _post(events: queue.Queue[_Slot], slot: _Slot, *_: object) -> None:
-    """Tell the cell's thread that ``slot`` changed (called from the engine's workers)."""
-    events.put(slot)
-
-
 def _slot_error(slot: _Slot) -> BaseException:
     """Why a slot's job gave no image."""
-    handle = slot.handle
-    if handle is None:
+    end = slot.member.end if slot.member is not None else None
+    if end is None:
         return RuntimeError("the job was never started")
-    if handle.error is not None:
-        return handle.error
-    future = handle.future
-    if future is not None and future.done() and not future.cancelled():
-        error = future.exception()
-        if error is not None:
-            return error
-    return CancelledBeforeStart("the job was stopped before it was sent; no credit used")
+    if end.error is not None:
+        return end.error
+    return CancelledBeforeStart(end.text(MAGIC))
+
+
+def _slot_text(slot: _Slot) -> str:
+    """How a slot's job ended, in one line of the magic's words."""
+    end = slot.member.end if slot.member is not None else None
+    return "not started" if end is None else end.text(MAGIC)
 
 
 class _ShortFailure(Exception):
@@ -162,7 +157,13 @@ class _Slot:
     progress: JobProgress
     #: The job to pick up instead of creating one (``%miragic resume``).
     resume_id: str | None = None
-    handle: JobHandle | None = None
+    #: The slot's job in the cell's group (set when the group is made).
+    member: Member | None = None
+
+    @property
+    def result(self) -> GeneratedImage | None:
+        end = self.member.end if self.member is not None else None
+        return None if end is None else end.result
 
 
 @magics_class
@@ -344,27 +345,18 @@ class Miragic(Magics, Configurable):
         client = self._resolve().client
         engine = client.engine
         history = engine.history or self._history()
-        budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
+        slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
+        group = self._group(slots, engine, timeout=args.timeout, reuse=not args.fresh)
+        group.check_budget(history, self.max_credits)
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
-                url = client.resolve_image_url(held_value(args.image_url, self._namespace()))
-                requests = [replace(request, image_url=url) for request in requests]
+                value = held_value(args.image_url, self._namespace())
+                group.resolve_image_input(value, client.resolve_image_url)
             except InvalidRequestError as exc:
                 raise UsageError(f"%%miragic: {exc.message}") from None
-        slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
-        count = budget.counting(history)
-
-        def start(handle: JobHandle, workers: Workers) -> object:
-            handle.subscribe(count)
-            return engine.start(
-                handle,
-                timeout=args.timeout or self.timeout,
-                reuse=self.reuse and not args.fresh,
-                workers=workers,
-            )
-
-        self._run(slots, start)
+        group.count(history)
+        self._run(slots, group)
         return self._finish(slots, args.out, quiet, columns=self._columns(requests, sweep_labels))
 
     def _requests(
@@ -445,116 +437,82 @@ class Miragic(Magics, Configurable):
 
     # -- running jobs ----------------------------------------------------------------------
 
-    def _run(self, slots: list[_Slot], start: Callable[[JobHandle, Workers], object]) -> None:
-        """Start each slot's job on the engine; draw progress here; handle the interrupt.
+    def _group(
+        self,
+        slots: list[_Slot],
+        engine: Engine,
+        *,
+        timeout: float | None = None,
+        reuse: bool = True,
+    ) -> Group:
+        """The cell's jobs as one group on the engine: this cell's concurrency and timeout."""
+        group = Group(
+            engine,
+            concurrency=min(len(slots), self.max_concurrency),
+            timeout=timeout or self.timeout,
+            reuse=self.reuse and reuse,
+            face=MAGIC,
+        )
+        for slot in slots:
+            slot.member = group.add(None if slot.resume_id else slot.request, job_id=slot.resume_id)
+        return group
 
-        The engine's workers only put events on a queue: every widget and print call happens
-        on this thread, which is the cell's own.
+    def _run(self, slots: list[_Slot], group: Group) -> None:
+        """Run the cell's group; draw progress here, on the cell's own thread.
+
+        The group calls back on this thread, so every widget and print call stays on it. A
+        Ctrl-C (kernel interrupt) fails the cell with the stop's resume lines and nothing else
+        (``short_errors = False`` shows the traceback too).
         """
-        events: queue.Queue[_Slot] = queue.Queue()
+        by_member = {id(slot.member): slot for slot in slots}
         for slot in slots:
             slot.progress.show()
-        # A pool per cell: its size is this cell's concurrency, and its queue dies with the cell.
-        workers = Workers(max_workers=min(len(slots), self.max_concurrency))
-        # One switch for the cell: once interrupted, none of its jobs sends a create.
-        cancellation = Cancellation()
-        try:
+        group.subscribe(lambda member: self._show(by_member[id(member)]))
+
+        def tick() -> None:  # no status read arrived: keep the elapsed time moving
             for slot in slots:
-                post = functools.partial(_post, events, slot)
-                request = None if slot.resume_id else slot.request
-                slot.handle = JobHandle(request, job_id=slot.resume_id, cancellation=cancellation)
-                slot.handle.subscribe(post)
-                start(slot.handle, workers)
-                assert slot.handle.future is not None
-                slot.handle.future.add_done_callback(post)
-            self._drain(events, slots)
-        except KeyboardInterrupt:
-            self._stop(slots, cancellation, workers)
-            self._interrupted(slots)
-            raise
-        finally:
-            # However the cell ends, no worker keeps polling and no queued job starts.
-            self._stop(slots, cancellation, workers)
+                if slot.member is not None and slot.member.end is None:
+                    slot.progress.refresh()
 
-    @staticmethod
-    def _stop(slots: list[_Slot], cancellation: Cancellation, workers: Workers) -> None:
-        cancellation.cancel()  # first, for every job at once
-        for slot in slots:
-            if slot.handle is not None:
-                slot.handle.cancel()
-        workers.shutdown()
+        try:
+            group.run(on_tick=tick, tick=TICK_SECONDS)
+        except GroupInterrupted as stop:
+            if not self.short_errors:
+                print("\n".join(stop.lines))
+                raise
+            lines = list(stop.lines)
+            stop._render_traceback_ = lambda: list(lines)  # type: ignore[attr-defined]
+            raise stop from None
 
-    def _drain(self, events: queue.Queue[_Slot], slots: list[_Slot]) -> None:
-        settled: set[int] = set()
-        while len(settled) < len(slots):
-            try:
-                slot = events.get(timeout=TICK_SECONDS)
-            except queue.Empty:
-                for waiting in slots:  # no status read arrived: keep the elapsed time moving
-                    if id(waiting) not in settled:
-                        waiting.progress.refresh()
-                continue
-            handle = slot.handle
-            if handle is None or id(slot) in settled:
-                continue
-            if handle.future is not None and handle.future.done():
-                settled.add(id(slot))
-                self._settle(slot, handle)
-            else:
-                slot.progress.set_state(handle.state, percent=handle.progress, job_id=handle.id)
-
-    def _settle(self, slot: _Slot, handle: JobHandle) -> None:
-        if handle.result is None:
-            error = _slot_error(slot)
-            slot.progress.fail(_one_line(error, self._resume_hint(error)))
-            return
-        widget = bool(getattr(slot.progress, "widget", None))
-        # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
-        caption = handle.result.caption() if widget or handle.reused else ""
-        slot.progress.succeed(caption)
-
-    def _interrupted(self, slots: list[_Slot]) -> None:
-        """After Ctrl-C / kernel interrupt: say which jobs exist and how to pick them up."""
-        # A create request already on the wire may still return a job id: give it a moment.
-        from concurrent.futures import wait
-
-        futures = [s.handle.future for s in slots if s.handle and s.handle.future]
-        with contextlib.suppress(KeyboardInterrupt):
-            wait(futures, timeout=2.0)
-        handles = [s.handle for s in slots if s.handle is not None]
-        ids = [h.id for h in handles if h.id and h.result is None]
-        in_flight = sum(1 for h in handles if h.sent and not h.id)
-        for slot in slots:
-            if slot.handle is None or slot.handle.result is None:
-                slot.progress.fail("interrupted")
-        if ids:
-            print("Interrupted: stopped waiting. The job(s) may still finish on the server:")
-            for job_id in ids:
-                print(f"    %miragic resume {job_id}")
-        if in_flight:
-            print(
-                f"{in_flight} create request(s) had not been answered; if the server created "
-                "the job, `%miragic history` lists it."
-            )
-        if not ids and not in_flight:
-            print("Interrupted before any job was created; no credit was spent.")
-
-    def _resume_hint(self, exc: BaseException) -> str:
-        job_id = getattr(exc, "job_id", None)
-        if not job_id or isinstance(exc, JobFailedError):
-            return ""
-        return f"; it may still finish: %miragic resume {job_id}"
+    def _show(self, slot: _Slot) -> None:
+        member = slot.member
+        assert member is not None
+        end = member.end
+        if end is None:
+            handle = member.handle
+            if handle.state.is_final:
+                return  # shown once the group says how it ended
+            slot.progress.set_state(handle.state, percent=handle.progress, job_id=handle.id)
+        elif end.result is not None:
+            widget = bool(getattr(slot.progress, "widget", None))
+            # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
+            caption = end.result.caption() if widget or end.result.metadata.get("reused") else ""
+            slot.progress.succeed(caption)
+        elif end.is_failure:
+            slot.progress.fail(end.detail(MAGIC))
+        else:
+            slot.progress.stop(end.state.words, end.detail(MAGIC))
 
     # -- results ---------------------------------------------------------------------------
 
     def _finish(self, slots: list[_Slot], out: str | None, quiet: bool, *, columns: int) -> Any:
-        images = [s.handle.result for s in slots if s.handle and s.handle.result is not None]
-        failed = [s for s in slots if s.handle is None or s.handle.result is None]
+        images = [s.result for s in slots if s.result is not None]
+        failed = [s for s in slots if s.result is None]
         result: Any
         if len(slots) == 1:
             result = images[0] if images else None
         else:
-            labels = [s.label for s in slots if s.handle and s.handle.result is not None]
+            labels = [s.label for s in slots if s.result is not None]
             result = ImageGrid(images, labels=labels, columns=columns)
         if out and (images or len(slots) > 1):
             self._ip.user_ns[out] = result
@@ -570,13 +528,25 @@ class Miragic(Magics, Configurable):
             return self._shorten(first)
         if total == 1:
             return first
-        lines = [f"{len(failed)} of {total} jobs failed:"]
-        lines += [
-            f"  {s.label}: {_one_line(error, self._resume_hint(error))}"
-            for s, error in ((s, _slot_error(s)) for s in failed)
-        ]
+        ends = [s.member.end for s in failed if s.member is not None and s.member.end]
+        if all(end.is_failure for end in ends):
+            lines = [f"{len(failed)} of {total} jobs failed:"]
+        else:  # a timeout or a stop is not a failure: say which is which
+            states = sorted({end.state for end in ends}, key=list(JobState).index)
+            how = ", ".join(
+                f"{sum(1 for end in ends if end.state is state)} {state.words}"
+                for state in states
+            )
+            lines = [f"{len(failed)} of {total} jobs did not complete ({how}):"]
+        lines += [f"  {s.label}: {_slot_text(s)}" for s in failed]
         failure = _ShortFailure("\n".join(lines))
         return self._shorten(failure, lines=lines) if self.short_errors else failure
+
+    def _resume_hint(self, exc: BaseException) -> str:
+        job_id = getattr(exc, "job_id", None)
+        if not job_id or isinstance(exc, JobFailedError):
+            return ""
+        return f"; it may still finish: {MAGIC.resume(job_id)}"
 
     def _shorten(self, exc: BaseException, *, lines: list[str] | None = None) -> BaseException:
         """Give an expected failure IPython's one-line rendering (unless short_errors is off)."""

@@ -36,7 +36,7 @@ class JobProgress(ABC):
         self.status = JobState.QUEUED.value
         self.percent: float | None = None
         self.message = ""
-        self.state = "running"  # running → succeeded | failed
+        self.state = "running"  # running → succeeded | failed | stopped
         self._started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -63,7 +63,7 @@ class JobProgress(ABC):
     def succeed(self, message: str = "") -> None:
         """Mark the job done; ``message`` (e.g. the result's caption) replaces the detail text."""
         with self._lock:
-            if self.state == "failed":
+            if self.state in ("failed", "stopped"):
                 return
             self.state = "succeeded"
             self.status = "done"
@@ -78,6 +78,17 @@ class JobProgress(ABC):
                 return
             self.state = "failed"
             self.status = "failed"
+            self.message = message
+            self._render()
+
+    def stop(self, word: str, message: str = "") -> None:
+        """Mark the job stopped, not failed (``word``: cancelled, never sent, interrupted,
+        timed out); final like ``fail``, but never red."""
+        with self._lock:
+            if self.state != "running":
+                return
+            self.state = "stopped"
+            self.status = word
             self.message = message
             self._render()
 
@@ -165,6 +176,10 @@ class WidgetProgress(JobProgress):
         super().fail(message)
         self._refresh_output()
 
+    def stop(self, word: str, message: str = "") -> None:
+        super().stop(word, message)
+        self._refresh_output()
+
     def _refresh_output(self) -> None:
         # Re-publishing the same widget keeps the live view and replaces the saved text/plain
         # (written when the bar was first shown) with the outcome, for viewers without widgets.
@@ -178,6 +193,8 @@ class WidgetProgress(JobProgress):
         self._detail.value = _one_line(html.escape(self.detail_text()))
         if self.state == "failed":
             self._bar.bar_style = "danger"
+        elif self.state == "stopped":
+            self._bar.bar_style = "warning"  # red only for failures
         elif self.state == "succeeded":
             self._bar.bar_style = "success"
             self._bar.value = 100.0

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,7 +194,52 @@ def test_after_an_interrupt_the_interpreter_exits_while_a_worker_is_in_a_slow_re
         if child.poll() is None:
             child.kill()
             child.communicate()
-    assert "KeyboardInterrupt" in output
+    # A quiet stop: the summary, no traceback.
+    assert "Traceback" not in output
+    assert "KeyboardInterrupt" not in output
     assert "1 create request(s) had not been answered" in output
     assert output.rstrip().endswith("cell returned"), output
     assert child.returncode == 0
+
+
+def _interrupt_when(condition: Callable[[], bool]) -> None:
+    def watch() -> None:
+        if eventually(condition, 30):
+            _thread.interrupt_main()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def test_a_stop_is_quiet_and_says_how_each_job_ended(run: Runner, api: Emulator) -> None:
+    """Two of six jobs sent when Ctrl-C comes: two interrupted (resumable), four never sent;
+    nothing "failed", and the cell fails with the resume lines and no traceback."""
+    api.job_seconds = 60.0
+    run("%config Miragic.max_concurrency = 2")
+    _interrupt_when(lambda: api.count("GET", "/api/v1/image/jobs/") >= 2)
+    cell = run("%%miragic --n 6 -W 256 -H 256\nsix foxes")
+    assert isinstance(cell.error, KeyboardInterrupt)  # the cell fails: Run All stops
+    assert len(api.jobs) == 2
+    text = cell.text
+    assert "Traceback" not in text
+    assert "queue.py" not in text and "threading.py" not in text
+    assert "failed" not in text
+    rows = [line for line in text.splitlines() if line.startswith("#")]
+    finals = [line for line in rows if "interrupted ·" in line or "never sent ·" in line]
+    assert sum("never sent · no credit used" in line for line in finals) == 4
+    for job_id in api.jobs:
+        assert f"interrupted · still on the server: %miragic resume {job_id}" in text
+        assert f"    %miragic resume {job_id}" in text
+    assert "Interrupted: 2 still on the server, 4 never sent (no credit used)." in text
+
+
+def test_with_short_errors_off_a_stop_still_shows_its_traceback(
+    run: Runner, api: Emulator
+) -> None:
+    api.job_seconds = 60.0
+    run("%config Miragic.short_errors = False")
+    _interrupt_when(lambda: api.count("GET", "/api/v1/image/jobs/") >= 1)
+    cell = run("%%miragic -W 256 -H 256\na slow heron")
+    assert isinstance(cell.error, KeyboardInterrupt)
+    (job_id,) = api.jobs
+    assert f"%miragic resume {job_id}" in cell.text
+    assert "Traceback" in cell.text

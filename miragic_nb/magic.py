@@ -534,8 +534,7 @@ class Miragic(Magics, Configurable):
         else:  # a timeout or a stop is not a failure: say which is which
             states = sorted({end.state for end in ends}, key=list(JobState).index)
             how = ", ".join(
-                f"{sum(1 for end in ends if end.state is state)} {state.words}"
-                for state in states
+                f"{sum(1 for end in ends if end.state is state)} {state.words}" for state in states
             )
             lines = [f"{len(failed)} of {total} jobs did not complete ({how}):"]
         lines += [f"  {s.label}: {_slot_text(s)}" for s in failed]

@@ -221,7 +221,8 @@ def test_a_stop_is_quiet_and_says_how_each_job_ended(run: Runner, api: Emulator)
     assert len(api.jobs) == 2
     text = cell.text
     assert "Traceback" not in text
-    assert "queue.py" not in text and "threading.py" not in text
+    assert "queue.py" not in text
+    assert "threading.py" not in text
     assert "failed" not in text
     rows = [line for line in text.splitlines() if line.startswith("#")]
     finals = [line for line in rows if "interrupted ·" in line or "never sent ·" in line]
@@ -232,9 +233,7 @@ def test_a_stop_is_quiet_and_says_how_each_job_ended(run: Runner, api: Emulator)
     assert "Interrupted: 2 still on the server, 4 never sent (no credit used)." in text
 
 
-def test_with_short_errors_off_a_stop_still_shows_its_traceback(
-    run: Runner, api: Emulator
-) -> None:
+def test_with_short_errors_off_a_stop_still_shows_its_traceback(run: Runner, api: Emulator) -> None:
     api.job_seconds = 60.0
     run("%config Miragic.short_errors = False")
     _interrupt_when(lambda: api.count("GET", "/api/v1/image/jobs/") >= 1)

@@ -163,5 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # argparse rejects unknown commands before this
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``; after a Ctrl-C without waiting for worker threads.
+
+    Everything known is written by then. A worker may still be in a request (a create whose
+    answer is on its way): the interpreter's shutdown would close the history under it
+    (errors, then a crash in the database driver), so the process ends here instead.
+    """
+    if code == cli_batch.INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

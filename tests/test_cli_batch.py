@@ -166,3 +166,105 @@ def test_slug() -> None:
     assert slug("A red fox, at dawn!") == "a-red-fox-at-dawn"
     assert slug("Café über") == "cafe-uber"
     assert slug("!!!") == "image"
+
+
+def test_ctrl_c_writes_what_it_knows_exits_130_and_says_to_rerun(tmp_path: Path) -> None:
+    """A real SIGINT to a real process: no traceback, no crash, the manifest says how each
+    item ended, and the same command again resumes without paying twice."""
+    source = tmp_path / "p.txt"
+    source.write_text("".join(f"stopped item {n}\n" for n in range(6)))
+    out = tmp_path / "out"
+    with Emulator(api_key="test-key-0123456789", job_seconds=120.0) as emulator:
+        environment = {
+            **os.environ,
+            "MIRAGIC_API_KEY": emulator.api_key,
+            "MIRAGIC_BASE_URL": emulator.url,
+        }
+        command = [sys.executable, "-m", "miragic_nb", "batch", str(source), "--out", str(out)]
+        command += ["--size", "256x256", "--concurrency", "2"]
+        process = subprocess.Popen(
+            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while emulator.count("GET", "/api/v1/image/jobs/") < 2 and process.poll() is None:
+                assert time.monotonic() < deadline, "the batch never started polling"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert "closed database" not in stderr
+        assert "Rerun the same command to resume" in stderr
+        created = set(emulator.jobs)
+        assert len(created) == 2
+        entries = _manifest(out)
+        assert [e["index"] for e in entries] == list(range(6))
+        by_status = Counter(str(e["status"]) for e in entries)
+        assert by_status == {"interrupted": 2, "never sent": 4}
+        assert {e["job_id"] for e in entries if e["status"] == "interrupted"} == created
+        assert not any("client." in str(e["error"]) for e in entries)  # no Python advice
+        # The same command again: the two jobs are picked up, four are created, none twice.
+        for job in emulator.jobs.values():
+            job.duration = 0.0
+        emulator.job_seconds = 0.2
+        rerun = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        prompts = Counter(job.prompt for job in emulator.jobs.values())
+    assert len(prompts) == 6
+    assert set(prompts.values()) == {1}
+    assert {str(e["status"]) for e in _manifest(out)} == {"completed"}
+
+
+@pytest.fixture
+def no_key() -> Iterator[None]:
+    from miragic_nb import session
+
+    session.reset()
+    yield
+    session.reset()
+
+
+def test_without_a_key_the_cli_runs_on_the_built_in_emulator(
+    no_key: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("an offline fox\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(source), "--out", str(out), "--size", "256x256"]) == 0
+    err = capsys.readouterr().err
+    assert "built-in emulator" in err
+    assert "MIRAGIC_API_KEY" in err
+    assert "%miragic" not in err
+    assert [e["status"] for e in _manifest(out)] == ["completed"]
+
+
+@pytest.mark.parametrize("refusal", ["env", "flag"])
+def test_the_emulator_can_be_refused_in_command_line_words(
+    refusal: str,
+    no_key: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("a fox\n")
+    command = ["batch", str(source), "--out", str(tmp_path / "out")]
+    if refusal == "env":
+        monkeypatch.setenv("MIRAGIC_OFFLINE_FALLBACK", "0")
+    else:
+        command.append("--no-offline-fallback")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "MIRAGIC_API_KEY environment variable" in err
+    assert "%miragic" not in err
+    assert "notebook" not in err
+    from miragic_nb import session
+
+    assert session.builtin_emulator_running() is None

@@ -12,10 +12,12 @@ from the store, open jobs are picked up by id, nothing is paid for twice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import unicodedata
@@ -27,15 +29,15 @@ from miragic_nb._core.embedded import image_extension
 from miragic_nb._core.errors import (
     BudgetExceededError,
     InvalidRequestError,
-    MiragicError,
+    MissingAPIKeyError,
     UncertainJobError,
 )
 from miragic_nb._core.request import FLAGS, GenerationRequest, parse_decimal
 from miragic_nb._engine.batch import Batch, BatchResult, check_budget, requests_of
+from miragic_nb._engine.group import CLI, GroupInterrupted, JobEnd
 from miragic_nb._views.batch_progress import batch_progress
 
 if TYPE_CHECKING:
-    from miragic_nb._core.images import GeneratedImage
     from miragic_nb.client import Client
 
 MANIFEST = "manifest.jsonl"
@@ -65,6 +67,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan; send nothing")
     parser.add_argument("--fresh", action="store_true", help="start over, ignoring earlier runs")
     parser.add_argument(
+        "--no-offline-fallback",
+        action="store_true",
+        help="without MIRAGIC_API_KEY, fail instead of running on the built-in emulator "
+        "(as MIRAGIC_OFFLINE_FALLBACK=0 does)",
+    )
+    parser.add_argument(
         "--retry-uncertain",
         action="store_true",
         help="create again items whose create answer was lost (may pay twice)",
@@ -72,15 +80,21 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
-    """Run the ``batch`` command; 0 when every item has its image, 1 if any failed, 2 when
-    nothing was sent (bad input, over budget)."""
-    from miragic_nb.client import Client
+    """Run the ``batch`` command; 0 when every item has its image, 1 if any has none, 2 when
+    nothing was sent (bad input, over budget, no key), 130 after Ctrl-C (rerun to resume)."""
+    try:
+        return _run(args, client)
+    except KeyboardInterrupt:  # before any job was started, or while the results were written
+        print("\nInterrupted.", file=sys.stderr)
+        return INTERRUPTED
 
+
+def _run(args: argparse.Namespace, client: Client | None) -> int:
     try:
         items = read_items(args.file, defaults=_defaults(args))
         concurrency: int | str = _concurrency(args.concurrency)
         if client is None:
-            client = Client()
+            client = _client(args)
         batch = Batch(
             client,
             items,
@@ -92,25 +106,93 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
             print(plan.summary())
             return 0
         check_budget(plan, args.max_credits)
-        client._require_key()
-    except (BadInput, InvalidRequestError, BudgetExceededError) as exc:
+    except (BadInput, InvalidRequestError, BudgetExceededError, MissingAPIKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     writer = Output(out, items)
-    with batch_progress(plan, stream=sys.stderr, widgets=False) as show:
-        result = batch.run(plan, keep_images=False, on_item=writer.write, on_change=show)
+    try:
+        with batch_progress(plan, stream=sys.stderr, widgets=False) as show:
+            result = batch.run(
+                plan, keep_images=False, on_item=writer.write, on_change=show, face=CLI
+            )
+    except GroupInterrupted as stop:
+        # Whatever else happens now, the manifest says what is known, then the process ends.
+        with _ignoring_interrupts():
+            writer.finish(stop.result)
+            for line in stop.lines:
+                print(line, file=sys.stderr)
+            if CLI.rerun is not None and CLI.rerun not in stop.lines:
+                print(CLI.rerun, file=sys.stderr)
+        return INTERRUPTED
     writer.finish(result)
+    missing = result.missing
     print(
-        f"{len(items) - result.failed}/{len(items)} images in {out} "
+        f"{len(items) - missing}/{len(items)} images in {out} "
         f"(created {result.created}, from the store {result.reused}, resumed {result.resumed}"
         + (f", failed {result.failed}" if result.failed else "")
         + ")"
     )
-    for index, error in sorted(result.errors.items()):
-        print(f"  item {index}: {error}", file=sys.stderr)
-    return 1 if result.failed else 0
+    for index, end in sorted(result.ends.items()):
+        if end.result is None:
+            print(f"  item {index}: {_entry_text(end)}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+#: The exit status after Ctrl-C, as a shell reports a process stopped by SIGINT.
+INTERRUPTED = 130
+ENV_HINT = (
+    "set the MIRAGIC_API_KEY environment variable (and MIRAGIC_BASE_URL for a server of your own)"
+)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """The key and base URL from the environment; with neither, the built-in emulator (as in
+    a notebook), said on stderr, unless ``--no-offline-fallback`` or
+    ``MIRAGIC_OFFLINE_FALLBACK=0`` refuses it."""
+    from miragic_nb import session
+
+    try:
+        resolved = session.resolve_client(offline_fallback=not args.no_offline_fallback)
+    except MissingAPIKeyError:
+        base_url = os.environ.get("MIRAGIC_BASE_URL")
+        why = (
+            f"MIRAGIC_BASE_URL is set ({base_url})"
+            if base_url
+            else "the built-in emulator is refused (--no-offline-fallback or "
+            f"{session.ENV_OFFLINE_FALLBACK}=0)"
+        )
+        raise MissingAPIKeyError(
+            f"no Miragic API key and {why}: {ENV_HINT}; nothing was sent", field="api_key"
+        ) from None
+    if resolved.is_emulator:
+        print(
+            "no MIRAGIC_API_KEY: running on the built-in emulator (placeholder images, no "
+            f"credits); {ENV_HINT} to use Miragic, or --no-offline-fallback to refuse",
+            file=sys.stderr,
+        )
+    return resolved.client
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    """A further Ctrl-C while the manifest is written would leave it half-done: wait."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _entry_text(end: JobEnd) -> str:
+    """How an item without an image ended, in the command line's words."""
+    if isinstance(end.error, UncertainJobError):
+        return str(end.error)
+    return end.text(CLI)
 
 
 # -- reading the file ---------------------------------------------------------------------------
@@ -244,7 +326,8 @@ class Output:
         self.entries: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def write(self, index: int, image: GeneratedImage | None, error: MiragicError | None) -> None:
+    def write(self, index: int, end: JobEnd) -> None:
+        image, error = end.result, end.error
         request = GenerationRequest(**self.items[index])
         entry: dict[str, Any] = {
             "index": index,
@@ -260,19 +343,24 @@ class Output:
             name = f"{index:0{self.width}d}-{slug(request.prompt)}.{image_extension(data, None)}"
             _write_atomically(self.folder / name, data)
             entry.update(job_id=image.metadata.get("job_id"), status="completed", file=name)
-        elif error is not None:
+        else:
             uncertain = isinstance(error, UncertainJobError)
             entry.update(
-                job_id=error.job_id, status="uncertain" if uncertain else "failed", error=str(error)
+                job_id=end.job_id or getattr(error, "job_id", None),
+                status="uncertain" if uncertain else end.state.words,
+                error=_entry_text(end),
             )
         with self._lock:
             self.entries[index] = entry
             with (self.folder / MANIFEST).open("a", encoding="utf-8") as manifest:
                 manifest.write(json.dumps(entry) + "\n")
 
-    def finish(self, result: BatchResult) -> None:
+    def finish(self, result: BatchResult | None) -> None:
         """Rewrite the manifest whole, one line per item in order (a rerun's appended lines
         and a killed run's partial ones are replaced)."""
+        for index, end in sorted(result.ends.items()) if result is not None else ():
+            if index not in self.entries:  # its line was cut short by a Ctrl-C
+                self.write(index, end)
         lines = "".join(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))
         _write_atomically(self.folder / MANIFEST, lines.encode())
 

@@ -17,12 +17,10 @@ batch links them) and adopts it; what is still unknown is listed in ``result.unc
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -37,7 +35,9 @@ from miragic_nb._core.errors import (
     UncertainJobError,
 )
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState, Workers
+from miragic_nb._core.states import JobState
+from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle
+from miragic_nb._engine.group import PYTHON, Face, Gate, Group, GroupInterrupted, JobEnd, Member
 from miragic_nb._engine.pacing import Pacing, check_concurrency
 from miragic_nb._store.batches import BatchStore, ItemRecord
 from miragic_nb._store.history import COMPLETED, FAILED, _load
@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 _NO_JOB_MADE = (RateLimitError, InvalidRequestError, AuthenticationError, CancelledBeforeStart)
 
 Item = str | Mapping[str, Any]
-#: Called with (index, image or None, error or None) as each item ends.
-ItemSink = Callable[[int, "GeneratedImage | None", "MiragicError | None"], None]
+#: Called with (index, how the item ended: its image or error) as each item ends.
+ItemSink = Callable[[int, JobEnd], None]
+#: Seconds between looks at the pace while no item ends (its limit grows between ends).
+_PACE_TICK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,10 @@ class BatchResult(Sequence["GeneratedImage | None"]):
 
     images: list[GeneratedImage | None]
     plan: Plan
-    #: Item index → why it has no image.
+    #: Item index → why it has no image (a failure, or a stop: see ``ends``).
     errors: dict[int, MiragicError] = field(default_factory=dict)
+    #: Item index → how it ended (``JobEnd``: completed, failed, never sent, interrupted...).
+    ends: dict[int, JobEnd] = field(default_factory=dict)
     created: int = 0
     #: Items whose result came from the store (an earlier run, or a saved seeded result).
     reused: int = 0
@@ -117,13 +121,25 @@ class BatchResult(Sequence["GeneratedImage | None"]):
 
     @property
     def failed(self) -> int:
+        """Items that failed; an item stopped (never sent, interrupted) is not a failure."""
+        return sum(1 for index in self.errors if self._failure(index))
+
+    @property
+    def missing(self) -> int:
+        """Items without an image, whatever the reason."""
         return len(self.errors)
+
+    def _failure(self, index: int) -> bool:
+        end = self.ends.get(index)
+        return end is None or end.is_failure
 
     def __repr__(self) -> str:
         done = len(self.images) - len(self.errors)
+        stopped = self.missing - self.failed
         return (
             f"<BatchResult {done}/{len(self.images)} images, {self.failed} failed, "
-            f"created={self.created} reused={self.reused} resumed={self.resumed}"
+            + (f"{stopped} stopped, " if stopped else "")
+            + f"created={self.created} reused={self.reused} resumed={self.resumed}"
             + (f" uncertain={self.uncertain}" if self.uncertain else "")
             + ">"
         )
@@ -202,8 +218,8 @@ class Batch:
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        #: The items' handles while they run, to stop them at once with the batch.
-        self._handles: weakref.WeakSet[JobHandle] = weakref.WeakSet()
+        #: The group running the batch's jobs, while it runs.
+        self._group: Group | None = None
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -259,11 +275,15 @@ class Batch:
         keep_images: bool = True,
         on_item: ItemSink | None = None,
         on_change: Callable[[BatchCounts], None] | None = None,
+        face: Face = PYTHON,
     ) -> BatchResult:
         """Run what ``plan`` says; every item ends with an image or an error in the result.
 
-        ``keep_images`` False holds no image after ``on_item`` has seen it (a CLI writes each
-        to disk). ``on_change`` sees the counts after every step (for a progress view).
+        The jobs run as one ``Group``, paced by ``Pacing``; ``on_item`` and ``on_change`` are
+        called on this thread. ``keep_images`` False holds no image after ``on_item`` has seen
+        it (a CLI writes each to disk). ``on_change`` sees the counts after every item. A
+        Ctrl-C stops the batch (``GroupInterrupted``, its ``result`` the partial one, in
+        ``face``'s words); a rerun picks it up.
         """
         if plan.fresh:
             self.store.forget(self.key)
@@ -271,26 +291,30 @@ class Batch:
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
 
-        def finish(index: int, image: GeneratedImage | None, error: MiragicError | None) -> None:
+        def finish(index: int, end: JobEnd) -> None:
             with self._lock:
-                if error is not None:
-                    result.errors[index] = error
-                    counts.failed += 1
+                result.ends[index] = end
+                if end.result is None:
+                    result.errors[index] = _item_error(index, end)
+                    if end.is_failure:
+                        counts.failed += 1
+                    else:
+                        counts.stopped += 1
                 else:
                     counts.done += 1
                     if keep_images:
-                        result.images[index] = image
+                        result.images[index] = end.result
                 counts.credits = result.created
                 counts.rate_limited = pacing.rate_limited
                 counts.running = pacing.running
             if on_item is not None:
-                on_item(index, image, error)
+                on_item(index, end)
             if on_change is not None:
                 on_change(counts)
 
         for index in plan.uncertain:
             result.uncertain.append(index)
-            finish(index, None, _uncertain(index))
+            finish(index, JobEnd(JobState.FAILED, error=_uncertain(index), sent=True))
         unreadable = []  # saved images gone or damaged: fetched again by job id
         for index in plan.from_store:
             job_id = self._records[index].job_id
@@ -299,25 +323,38 @@ class Batch:
                 unreadable.append(index)
             else:
                 result.reused += 1
-                finish(index, saved, None)
+                finish(index, JobEnd(JobState.COMPLETED, job_id=job_id, result=saved))
         work = [(index, self._records[index].job_id) for index in (*plan.to_resume, *unreadable)]
         work += [(index, None) for index in plan.to_create]
-        workers = Workers(max_workers=pacing.ceiling)
-        futures = []
+
+        def drive(member: Member) -> GeneratedImage:
+            index, job_id = work[member.index]
+            image, error = self._drive(index, job_id, pacing, result, member)
+            if error is not None:
+                raise error
+            assert image is not None
+            return image
+
+        group = Group(
+            self.client.engine,
+            gate=_PacingGate(pacing),
+            timeout=self.timeout,
+            face=face,
+            work=drive,
+        )
+        for index, job_id in work:
+            group.add(self.requests[index], job_id=job_id)
+        group.subscribe(
+            lambda member: finish(work[member.index][0], member.end) if member.end else None
+        )
+        self._group, self._stop = group, group.cancellation.event
         try:
-            for index, job_id in work:
-                if not pacing.acquire(self._stop):
-                    break
-                item = functools.partial(self._item, index, job_id, pacing, result, finish)
-                futures.append(workers.submit(item))
-            for future in futures:
-                future.result()
-        except BaseException:  # Ctrl-C: no further create; running jobs stop polling
-            self.cancel()
-            workers.shutdown()
+            group.run(tick=_PACE_TICK_S)
+        except GroupInterrupted as stop:
+            stop.result = result
             raise
-        for index, _ in work[len(futures) :]:  # stopped before their turn: nothing was sent
-            finish(index, None, _not_started(index))
+        finally:
+            self._group = None
         result.rate_limited = pacing.rate_limited
         return result
 
@@ -325,37 +362,28 @@ class Batch:
         """Stop: no further create, running jobs stop polling (their ids stay recorded, and a
         rerun picks them up)."""
         self._stop.set()
-        for handle in list(self._handles):
-            if handle.is_active:
-                handle.cancel()
+        group = self._group
+        if group is not None:
+            group.stop(interrupt=True)
 
     def _saved(self, job_id: str) -> GeneratedImage | None:
         record = self.history.get(job_id)
         return None if record is None else _load(record)
 
-    def _item(
+    def _drive(
         self,
         index: int,
         job_id: str | None,
         pacing: Pacing,
         result: BatchResult,
-        finish: ItemSink,
-    ) -> None:
-        """Run one item to its end (in a worker thread): pick up ``job_id``, or create a job."""
-        try:
-            image, error = self._drive(index, job_id, pacing, result)
-        finally:
-            pacing.release()
-        finish(index, image, error)
-
-    def _drive(
-        self, index: int, job_id: str | None, pacing: Pacing, result: BatchResult
+        member: Member,
     ) -> tuple[GeneratedImage | None, MiragicError | None]:
-        request = self.requests[index]
+        """Run one item to its end (in a worker thread): pick up ``job_id``, or create a job
+        (again after a 429, which made none)."""
         engine = self.client.engine
         with transport.caller_paces_creates():
             if job_id is not None:
-                handle = JobHandle(request, job_id=job_id)
+                handle = member.new_handle(job_id=job_id)
                 self._follow(handle)
                 try:
                     image = engine.run(handle, timeout=self.timeout)
@@ -368,7 +396,7 @@ class Batch:
                 sent_at = pacing.before_create(self._stop)
                 if sent_at is None:
                     break
-                handle = JobHandle(request)
+                handle = member.new_handle()
                 self._follow(handle, index=index, pacing=pacing, result=result)
                 try:
                     image = engine.run(handle, timeout=self.timeout)
@@ -400,15 +428,11 @@ class Batch:
         pacing: Pacing | None = None,
         result: BatchResult | None = None,
     ) -> None:
-        """Cancel the handle with the batch; record an item's create intent and job id."""
-        stop = self._stop
+        """Record an item's create intent and job id (the group cancels the handle)."""
         linked = False
-        self._handles.add(handle)
 
         def listener(handle: JobHandle) -> None:
             nonlocal linked
-            if stop.is_set() and handle.is_active:
-                handle.cancel_event.set()
             if index is None:
                 return
             if handle.state is JobState.SUBMITTING:
@@ -424,8 +448,6 @@ class Batch:
                     pacing.created()
 
         handle.subscribe(listener)
-        if stop.is_set():
-            handle.cancel()
 
 
 @dataclass
@@ -435,6 +457,8 @@ class BatchCounts:
     total: int
     done: int = 0
     failed: int = 0
+    #: Items stopped, not failed: never sent, interrupted, timed out.
+    stopped: int = 0
     running: int = 0
     credits: int = 0
     rate_limited: int = 0
@@ -446,6 +470,32 @@ class BatchCounts:
             f"{self.done + self.failed}/{self.total} · {self.done} done · {self.failed} failed "
             f"· {self.running} running · {self.credits} credits · {elapsed:.1f}s"
         )
+
+
+class _PacingGate(Gate):
+    """The group's gate over a batch's ``Pacing``: a slot when the pace allows one."""
+
+    def __init__(self, pacing: Pacing) -> None:
+        super().__init__(pacing.ceiling)
+        self.pacing = pacing
+        # Set once: ``acquire`` then takes a free slot or answers False, never waits.
+        self._now = threading.Event()
+        self._now.set()
+
+    def enter(self) -> bool:
+        return self.pacing.acquire(self._now)
+
+    def leave(self) -> None:
+        self.pacing.release()
+
+
+def _item_error(index: int, end: JobEnd) -> MiragicError:
+    """Why an item has no image, as an error (``BatchResult.errors``)."""
+    if isinstance(end.error, MiragicError):
+        return end.error
+    if end.state is JobState.NEVER_SENT:
+        return _not_started(index)
+    return MiragicError(f"item {index}: {end.state.words}", job_id=end.job_id)
 
 
 def _not_started(index: int) -> CancelledBeforeStart:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError
 from miragic_nb._core.states import JobState
@@ -177,9 +177,14 @@ class Summary:
 class GroupInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a group: running jobs are ``interrupted``, the rest ``never_sent``."""
 
-    def __init__(self, summary: Summary, face: Face) -> None:
+    def __init__(self, summary: Summary, face: Face, *, settled: bool = True) -> None:
         self.summary = summary
         self.lines = summary.stop_lines(face)
+        #: False when a worker was still in a request after the grace (a process should exit
+        #: without waiting for it).
+        self.settled = settled
+        #: What the face that ran the group made of it so far (a batch's partial result).
+        self.result: Any = None
         super().__init__(self.lines[0])
 
 
@@ -375,12 +380,13 @@ class Group:
                     self._feed()
                     continue
                 self._handle_event(member)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             self.stop(interrupt=True)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
                 self._settle(events)
             self._end_the_rest()
-            raise GroupInterrupted(self.summary(), self.face) from None
+            stop = GroupInterrupted(self.summary(), self.face, settled=self.settled())
+            raise stop from interrupt
         finally:
             # However the run ends, no worker keeps polling and no further job starts.
             if not self._all_ended():

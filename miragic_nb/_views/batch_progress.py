@@ -51,6 +51,9 @@ def batch_progress(
 
     try:
         yield show
+    except KeyboardInterrupt:
+        view.stop("interrupted", f"{view.elapsed:.1f}s")  # a stop, not a failure
+        raise
     except BaseException as exc:
         view.fail(f"stopped: {type(exc).__name__}")
         raise

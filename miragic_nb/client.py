@@ -301,18 +301,21 @@ class Client(config.HoldsKey):
         once. Cancelling the task stops polling at once; the job id stays in the history,
         marked cancelled, and ``client.resume(job_id)`` picks it up.
         """
+        from miragic_nb._engine.group import PYTHON, Group
+
         request = self._request(prompt, options)
         limit = self.timeout if timeout is None else check_timeout(timeout)
-        handle = self.engine.start(
-            JobHandle(request), timeout=limit, reuse=reuse, workers=self._async_workers()
+        # A group of one on the wide pool; cancelling the task cancels the group's job.
+        group = Group(
+            self.engine, workers=self._async_workers(), timeout=limit, reuse=reuse, face=PYTHON
         )
-        import asyncio  # here: importing asyncio would slow %load_ext for every magic user
-
-        try:
-            return await handle.wait_async()
-        except asyncio.CancelledError:
-            handle.cancel()
-            raise
+        member = group.add(request)
+        await group.run_async()
+        end = member.end
+        assert end is not None
+        if end.result is not None:
+            return end.result
+        raise end.error if end.error is not None else MiragicError(end.text(PYTHON))
 
     def _async_workers(self) -> Workers:
         """The pool ``agenerate`` runs on: wide, so gathered calls are not queued behind the

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from miragic_nb._engine.engine import JobHandle, JobState
+from miragic_nb._engine.engine import Engine, JobHandle, JobState, Workers
+from miragic_nb._engine.group import MAGIC, Group, Member
 from miragic_nb._panel.style import excerpt
 from miragic_nb._views.progress import JobProgress, WidgetProgress, make_progress
 
@@ -33,12 +34,13 @@ class PanelJob:
     """One press of Generate as the panel shows it: its progress row over the engine's handle.
 
     ``state`` is the handle's ``JobState``: ``queued`` → ``submitting`` → ``pending`` →
-    ``downloading`` → ``completed``, or ``failed`` / ``cancelled`` / ``timed_out``. A cancelled
+    ``downloading`` → ``completed``, or ``failed`` / ``cancelled`` / ``timed_out``; each
+    Generate is a ``Group`` of one job, which says how it ended. A cancelled
     or failed job keeps its ``job_id`` (when the server gave one), so ``%miragic resume
     <job_id>`` can still fetch a result that was paid for.
     """
 
-    handle: JobHandle
+    member: Member
     progress: JobProgress
     message: str = ""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -47,12 +49,19 @@ class PanelJob:
 
     @classmethod
     def with_row(
-        cls, request: GenerationRequest, on_cancel: Callable[[PanelJob], None]
+        cls,
+        request: GenerationRequest,
+        on_cancel: Callable[[PanelJob], None],
+        *,
+        engine: Engine,
+        workers: Workers,
     ) -> PanelJob:
-        """A job for ``request`` with its progress row, whose Cancel calls ``on_cancel``."""
+        """A job for ``request`` (a group of one on ``engine``) with its progress row, whose
+        Cancel calls ``on_cancel``."""
         progress = make_progress(excerpt(request.prompt, 28), widgets=True)
         assert isinstance(progress, WidgetProgress)  # ipywidgets is imported above
-        job = cls(handle=JobHandle(request), progress=progress)
+        group = Group(engine, workers=workers, face=MAGIC)
+        job = cls(member=group.add(request), progress=progress)
         job.cancel_button = widgets.Button(
             description="Cancel",
             tooltip="Stop polling this job",
@@ -61,6 +70,14 @@ class PanelJob:
         job.cancel_button.on_click(lambda _: on_cancel(job))
         job.row = widgets.HBox([progress.widget, job.cancel_button])
         return job
+
+    @property
+    def group(self) -> Group:
+        return self.member.group
+
+    @property
+    def handle(self) -> JobHandle:
+        return self.member.handle
 
     @property
     def request(self) -> GenerationRequest:
@@ -85,7 +102,7 @@ class PanelJob:
 
     def cancel(self) -> None:
         """Stop polling; ``message`` then says what that means for the user's credit."""
-        was_sent = self.handle.cancel()
+        was_sent = self.group.cancel(self.member)
         if self.job_id:
             self.message = cancel_message(self.job_id)
         elif was_sent:
@@ -95,7 +112,8 @@ class PanelJob:
             )
         else:
             self.message = "Cancelled before anything was sent; no credit used."
-        self.progress.fail("cancelled")
+        # A stop the user asked for is not a failure: never red.
+        self.progress.stop(JobState.CANCELLED.words, "no credit used" if not was_sent else "")
         if self.task is not None:
             self.task.cancel()
 

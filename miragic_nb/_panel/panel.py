@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from miragic_nb._core.errors import InvalidRequestError, MiragicError, MissingAPIKeyError
-from miragic_nb._engine.engine import CancelledBeforeStart, JobState, Workers, on_loop
+from miragic_nb._engine.engine import JobState, Workers, on_loop
+from miragic_nb._engine.group import MAGIC
 from miragic_nb._panel.form import SIZE_PRESETS, PanelForm
 from miragic_nb._panel.gallery import Gallery, ResultCard, SelectedResult, thumbnail_jpeg
 from miragic_nb._panel.jobs import JobRows, PanelJob, cancel_message
@@ -200,7 +201,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             else:
                 self._show_error(exc)
             return None
-        job = PanelJob.with_row(request, on_cancel=self.cancel)
+        job = PanelJob.with_row(
+            request, on_cancel=self.cancel, engine=client.engine, workers=self._workers
+        )
         self.progress_area.add(job)
         self._show_status(MUTED_STYLE, f"Sending {html.escape(excerpt(request.prompt, 60))}…")
         self._refresh_buttons()
@@ -292,34 +295,42 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     # -- running a job (on the loop's thread) -------------------------------------------------
 
     async def _run(self, client: Client, job: PanelJob) -> None:
+        """Run the job's group on this loop; show how it ended (the group decides)."""
         loop = asyncio.get_running_loop()
         ticker = loop.create_task(job.tick())
-        job.handle.subscribe(on_loop(loop, lambda handle: self._on_change(job)))
-        client.engine.start(job.handle, workers=self._workers)
+        # On the handles, forwarded to the loop: a job id that arrives after a Cancel still
+        # reaches the row.
+        job.group.on_handles(on_loop(loop, lambda handle: self._on_change(job)))
         try:
-            image = await job.handle.wait_async()
+            await job.group.run_async()
         except asyncio.CancelledError:
-            # We cancelled it (Cancel, or a script's loop ending); the worker stops on its own.
+            # Cancel, or a script's loop ending: the group stopped; cancel() said so already.
             if job.handle.is_active:
                 job.handle.cancel()
-                job.progress.fail("cancelled")
-        except CancelledBeforeStart:
-            pass  # cancel() has said so already
-        except Exception as exc:
-            if job.state is JobState.CANCELLED:
-                return  # the stopped wait ends with an error; the cancel message says it all
-            job.message = one_line(exc)
-            job.progress.fail(excerpt(job.message, 80))
-            self._show_status(ERROR_STYLE, "✗ " + html.escape(job.message))
-            if not isinstance(exc, MiragicError):
-                log.exception("the panel's job ended with an unexpected error")
-        else:
-            if job.state is JobState.CANCELLED:
-                return  # finished as Cancel was pressed; the user asked not to see it
-            self._on_result(job, image)
+                job.progress.stop(JobState.CANCELLED.words)
+            return
         finally:
             ticker.cancel()
             self._finish_row_changes()
+        self._show_end(job)
+
+    def _show_end(self, job: PanelJob) -> None:
+        end = job.member.end
+        if end is None or job.state is JobState.CANCELLED:
+            return  # cancelled (even if it finished as Cancel was pressed): said already
+        if end.result is not None:
+            self._on_result(job, end.result)
+        elif end.is_failure:
+            job.message = one_line(end.error) if end.error is not None else end.text(MAGIC)
+            job.progress.fail(excerpt(job.message, 80))
+            self._show_status(ERROR_STYLE, "✗ " + html.escape(job.message))
+            if end.error is not None and not isinstance(end.error, MiragicError):
+                log.error("the panel's job ended with an unexpected error: %r", end.error)
+        else:  # timed out, interrupted: still on the server, and not a failure
+            job.message = f"{end.state.words.capitalize()}: {end.detail(MAGIC)}"
+            job.progress.stop(end.state.words, excerpt(end.detail(MAGIC), 80))
+            self._show_status(WARN_STYLE, html.escape(job.message))
+        self._finish_row_changes()
 
     def _on_change(self, job: PanelJob) -> None:
         """A step of ``job`` (on the loop's thread): its id, a status read, a late id."""

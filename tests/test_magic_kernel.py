@@ -121,15 +121,21 @@ def test_a_kernel_interrupt_stops_the_wait_and_prints_the_resume_command(
     assert interrupted
     (job_id,) = emulator.jobs
     (error,) = of_type(messages, "error")
+    # The cell fails (Run All and papermill stop) with the resume lines and nothing else.
     assert error["content"]["ename"] == "KeyboardInterrupt"
-    printed = "".join(m["content"]["text"] for m in of_type(messages, "stream"))
-    assert f"%miragic resume {job_id}" in printed
+    shown = "\n".join(error["content"]["traceback"])
+    assert f"    %miragic resume {job_id}" in shown
+    assert "Traceback" not in shown
+    assert "queue.py" not in shown
+    assert "threading.py" not in shown
+    assert len(error["content"]["traceback"]) <= 4
     bars = [
         m
         for m in of_type(messages, "display_data", "update_display_data")
         if WIDGET_VIEW in m["content"]["data"]
     ]
-    assert bars[-1]["content"]["data"]["text/plain"].endswith("failed · interrupted")
+    final = bars[-1]["content"]["data"]["text/plain"]
+    assert final == f"interrupted · still on the server: %miragic resume {job_id}"
     # The kernel is usable again, and resume picks the job up without creating another.
     emulator.jobs[job_id].duration = 0.0
     resumed = execute(client, f"%miragic resume {job_id}")

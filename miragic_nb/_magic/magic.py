@@ -483,9 +483,12 @@ class Miragic(Magics, Configurable):
             if not self.short_errors:
                 print("\n".join(stop.lines))
                 raise
+            # A plain KeyboardInterrupt, as a notebook and papermill name an interrupt, shown
+            # as the stop's lines only (IPython prints what _render_traceback_ returns).
             lines = list(stop.lines)
-            stop._render_traceback_ = lambda: list(lines)  # type: ignore[attr-defined]
-            raise stop from None
+            quiet = KeyboardInterrupt(lines[0])
+            quiet._render_traceback_ = lambda: list(lines)  # type: ignore[attr-defined]
+            raise quiet from None
 
     def _show(self, slot: _Slot) -> None:
         member = slot.member

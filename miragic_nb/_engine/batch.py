@@ -17,6 +17,7 @@ batch links them) and adopts it; what is still unknown is listed in ``result.unc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -293,7 +294,7 @@ class Batch:
 
         def finish(index: int, end: JobEnd) -> None:
             with self._lock:
-                result.ends[index] = end
+                result.ends[index] = end if keep_images else dataclasses.replace(end, result=None)
                 if end.result is None:
                     result.errors[index] = _item_error(index, end)
                     if end.is_failure:
@@ -344,9 +345,14 @@ class Batch:
         )
         for index, job_id in work:
             group.add(self.requests[index], job_id=job_id)
-        group.subscribe(
-            lambda member: finish(work[member.index][0], member.end) if member.end else None
-        )
+
+        def ended(member: Member) -> None:
+            if member.end is not None:
+                finish(work[member.index][0], member.end)
+                if not keep_images:
+                    member.release()
+
+        group.subscribe(ended)
         self._group, self._stop = group, group.cancellation.event
         try:
             group.run(tick=_PACE_TICK_S)

@@ -221,6 +221,7 @@ class Member:
         self.handle = JobHandle(request, job_id=job_id, cancellation=group.cancellation)
         self.future: concurrent.futures.Future[GeneratedImage] | None = None
         self.end: JobEnd | None = None
+        self._started = False
         self._attach(self.handle)
 
     def __repr__(self) -> str:
@@ -228,7 +229,16 @@ class Member:
 
     @property
     def started(self) -> bool:
-        return self.future is not None
+        return self._started
+
+    def release(self) -> None:
+        """Forget the member's image once a face has taken it (a batch streamed to disk
+        holds no image in memory); how it ended stays."""
+        if self.end is not None:
+            self.end = replace(self.end, result=None)
+        self.handle.result = None
+        if self.future is not None and self.future.done():
+            self.future = None
 
     def new_handle(self, *, job_id: str | None = None) -> JobHandle:
         """A fresh handle for another try of this member's job (a batch after a 429)."""
@@ -462,6 +472,7 @@ class Group:
             finally:
                 gate.leave()
 
+        member._started = True
         member.future = self._workers_now().submit(job)
         member.future.add_done_callback(lambda _: self._post(member))
 
@@ -475,7 +486,7 @@ class Group:
         if future is not None and future.done():
             member.end = _end_of(member, future)
             self._feed()
-        elif future is None and self.stopped is not None:
+        elif not member.started and self.stopped is not None:
             member.end = _unsent(member, self.stopped)
         for subscriber in list(self._subscribers):
             subscriber(member)
@@ -505,7 +516,7 @@ class Group:
             future = member.future
             if future is not None and future.done():
                 member.end = _end_of(member, future)
-            elif future is None:
+            elif not member.started:
                 member.end = _unsent(member, stopped)
             else:
                 handle = member.handle
@@ -522,7 +533,7 @@ class Group:
 
     def settled(self) -> bool:
         """True once no worker of this group is still running."""
-        return all(m.future is None or m.future.done() for m in self.members)
+        return all(m.future is None or m.future.done() for m in self.members)  # released: done
 
 
 def _unsent(member: Member, stopped: JobState) -> JobEnd:

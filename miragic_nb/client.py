@@ -269,6 +269,7 @@ class Client(config.HoldsKey):
         """
         from miragic_nb._engine.batch import Batch, check_budget
         from miragic_nb._engine.budget import check_session, session_limit
+        from miragic_nb._engine.group import PYTHON_BATCH
         from miragic_nb._views.batch_progress import batch_progress
 
         batch = Batch(
@@ -285,7 +286,7 @@ class Client(config.HoldsKey):
         check_budget(plan, max_credits)
         check_session(batch.history, planned=plan.credits, max_credits=session_limit())
         with batch_progress(plan, on_progress) as show:
-            return batch.run(plan, on_change=show)
+            return batch.run(plan, on_change=show, face=PYTHON_BATCH)
 
     async def agenerate(
         self,

@@ -94,3 +94,26 @@ def test_each_face_says_how_to_resume_in_its_own_words() -> None:
     assert not end.is_failure
     assert JobEnd(JobState.NEVER_SENT).text(CLI) == "never sent · no credit used"
     assert JobEnd(JobState.FAILED).is_failure
+
+
+def test_ctrl_c_in_generate_many_counts_no_stop_as_a_failure(
+    client: Client, emulator: Emulator
+) -> None:
+    emulator.job_seconds = 60.0
+
+    def interrupt() -> None:
+        if eventually(lambda: emulator.count("GET", STATUS) >= 2, 20):
+            _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        client.generate_many(
+            [f"batch job {n}" for n in range(6)], concurrency=2, name="stopped batch"
+        )
+    assert isinstance(stopped.value, GroupInterrupted)
+    result = stopped.value.result
+    assert result.failed == 0
+    assert result.missing == 6
+    states = sorted(end.state.words for end in result.ends.values())
+    assert states == ["interrupted"] * 2 + ["never sent"] * 4
+    assert "Call generate_many again with the same items to resume" in str(stopped.value)

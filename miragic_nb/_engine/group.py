@@ -75,6 +75,13 @@ PYTHON = Face(
     resume=lambda job_id: f"client.resume({job_id!r})",
     lost="miragic_nb.history() lists it if the server made it",
 )
+#: ``generate_many``: the same call again resumes the whole batch.
+PYTHON_BATCH = Face(
+    resume=lambda job_id: f"client.resume({job_id!r})",
+    lost="generate_many with the same items finds it if the server made it",
+    rerun="Call generate_many again with the same items to resume: finished items are not "
+    "made or paid for again.",
+)
 CLI = Face(
     resume=lambda job_id: "rerun the same command to resume it",
     lost="rerun the same command: it finds the job if the server made it",
@@ -185,7 +192,7 @@ class GroupInterrupted(KeyboardInterrupt):
         self.settled = settled
         #: What the face that ran the group made of it so far (a batch's partial result).
         self.result: Any = None
-        super().__init__(self.lines[0])
+        super().__init__("\n".join(self.lines))
 
 
 class Gate:
@@ -578,6 +585,7 @@ __all__ = [
     "CLI",
     "MAGIC",
     "PYTHON",
+    "PYTHON_BATCH",
     "Face",
     "Gate",
     "Group",

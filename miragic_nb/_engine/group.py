@@ -29,7 +29,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -184,12 +184,9 @@ class Summary:
 class GroupInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a group: running jobs are ``interrupted``, the rest ``never_sent``."""
 
-    def __init__(self, summary: Summary, face: Face, *, settled: bool = True) -> None:
+    def __init__(self, summary: Summary, face: Face) -> None:
         self.summary = summary
         self.lines = summary.stop_lines(face)
-        #: False when a worker was still in a request after the grace (a process should exit
-        #: without waiting for it).
-        self.settled = settled
         #: What the face that ran the group made of it so far (a batch's partial result).
         self.result: Any = None
         super().__init__("\n".join(self.lines))
@@ -296,7 +293,6 @@ class Group:
         self._work = work
         self._subscribers: list[Callable[[Member], None]] = []
         self._handle_listeners: list[Listener] = []
-        self._events: queue.SimpleQueue[Member] | None = None
         self._post_event: Callable[[Member], None] | None = None
         self._lock = threading.Lock()
 
@@ -384,7 +380,6 @@ class Group:
         to bring back their ids, and raises ``GroupInterrupted`` with the summary.
         """
         events: queue.SimpleQueue[Member] = queue.SimpleQueue()
-        self._events = events
         self._post_event = events.put
         try:
             self._feed()
@@ -402,7 +397,7 @@ class Group:
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
                 self._settle(events)
             self._end_the_rest()
-            stop = GroupInterrupted(self.summary(), self.face, settled=self.settled())
+            stop = GroupInterrupted(self.summary(), self.face)
             raise stop from interrupt
         finally:
             # However the run ends, no worker keeps polling and no further job starts.
@@ -535,12 +530,9 @@ class Group:
             for subscriber in list(self._subscribers):
                 subscriber(member)
 
-    def running(self) -> Iterable[Member]:
+    def running(self) -> list[Member]:
+        """Members started and not yet ended."""
         return [m for m in self.members if m.started and m.end is None]
-
-    def settled(self) -> bool:
-        """True once no worker of this group is still running."""
-        return all(m.future is None or m.future.done() for m in self.members)  # released: done
 
 
 def _unsent(member: Member, stopped: JobState) -> JobEnd:

@@ -481,8 +481,7 @@ class Miragic(Magics, Configurable):
             group.run(on_tick=tick, tick=TICK_SECONDS)
         except GroupInterrupted as stop:
             if not self.short_errors:
-                print("\n".join(stop.lines))
-                raise
+                raise  # the traceback, ending with the stop's lines
             # A plain KeyboardInterrupt, as a notebook and papermill name an interrupt, shown
             # as the stop's lines only (IPython prints what _render_traceback_ returns).
             lines = list(stop.lines)

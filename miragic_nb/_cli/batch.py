@@ -95,8 +95,10 @@ def _run(args: argparse.Namespace, client: Client | None) -> int:
         concurrency: int | str = _concurrency(args.concurrency)
         if client is None:
             client = _client(args)
+        else:
+            client.api.require_key()
         batch = Batch(
-            client,
+            client.engine,
             items,
             concurrency=concurrency,
             retry_uncertain=args.retry_uncertain,

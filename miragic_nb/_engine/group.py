@@ -47,7 +47,6 @@ from miragic_nb._engine.engine import (
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
     from miragic_nb._core.request import GenerationRequest
-    from miragic_nb._store.history import History
 
 #: Seconds between ticks while no job reports anything (a face keeps its elapsed time moving).
 TICK_SECONDS = 0.25
@@ -321,14 +320,16 @@ class Group:
         for member in self.members:
             member.handle.subscribe(listener)
 
-    def check_budget(self, history: History | None, max_credits: int | None) -> None:
-        """Refuse (``BudgetExceededError``, nothing sent) jobs past the session's credit cap."""
+    def check_budget(self, max_credits: int | None) -> None:
+        """Refuse the whole group (``BudgetExceededError``, nothing sent) when its new jobs
+        could take the session past ``max_credits``; the engine still asks before each create,
+        and counts each job it makes. The built-in emulator's jobs cost nothing."""
         from miragic_nb._engine.budget import check_session
 
-        if history is None or max_credits is None:
+        if self.engine.emulator:
             return
         planned = sum(1 for m in self.members if m.job_id is None)
-        check_session(history, planned=planned, max_credits=max_credits)
+        check_session(self.engine.history, planned=planned, max_credits=max_credits)
 
     def resolve_image_input(self, value: object, resolve: Callable[[object], str | None]) -> None:
         """Resolve the group's input picture once for every job (one status read or one
@@ -338,13 +339,6 @@ class Group:
             if member.request is not None and not member.started:
                 member.request = replace(member.request, image_url=url)
                 member.handle.request = member.request
-
-    def count(self, history: History | None) -> None:
-        """Count each job's credit in the session's ledger once its id is known."""
-        from miragic_nb._engine.budget import counting
-
-        if history is not None:
-            self.on_handles(counting(history))
 
     # -- stopping --------------------------------------------------------------------------
 

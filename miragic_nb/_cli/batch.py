@@ -117,7 +117,12 @@ def _run(args: argparse.Namespace, client: Client | None) -> int:
     try:
         with batch_progress(plan, stream=sys.stderr, widgets=False) as show:
             result = batch.run(
-                plan, keep_images=False, on_item=writer.write, on_change=show, face=CLI
+                plan,
+                keep_images=False,
+                on_item=writer.write,
+                on_change=show,
+                face=CLI,
+                grace=CREATE_GRACE_S,
             )
     except GroupInterrupted as stop:
         # Whatever else happens now, the manifest says what is known, then the process ends.
@@ -144,6 +149,9 @@ def _run(args: argparse.Namespace, client: Client | None) -> int:
 
 #: The exit status after Ctrl-C, as a shell reports a process stopped by SIGINT.
 INTERRUPTED = 130
+#: After Ctrl-C, how long a create already on the wire may take to bring back its job id (so
+#: a rerun resumes it instead of calling it uncertain); a second Ctrl-C stops waiting.
+CREATE_GRACE_S = 10.0
 ENV_HINT = (
     "set the MIRAGIC_API_KEY environment variable (and MIRAGIC_BASE_URL for a server of your own)"
 )

@@ -38,7 +38,16 @@ from miragic_nb._core.errors import (
 from miragic_nb._core.request import GenerationRequest, request_from
 from miragic_nb._core.states import COMPLETED, FAILED, JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle
-from miragic_nb._engine.group import PYTHON, Face, Gate, Group, GroupInterrupted, JobEnd, Member
+from miragic_nb._engine.group import (
+    GRACE_SECONDS,
+    PYTHON,
+    Face,
+    Gate,
+    Group,
+    GroupInterrupted,
+    JobEnd,
+    Member,
+)
 from miragic_nb._engine.pacing import Pacing, check_concurrency
 from miragic_nb._store.batches import BatchStore, ItemRecord
 from miragic_nb._store.history import _load
@@ -274,6 +283,7 @@ class Batch:
         on_item: ItemSink | None = None,
         on_change: Callable[[BatchCounts], None] | None = None,
         face: Face = PYTHON,
+        grace: float = GRACE_SECONDS,
     ) -> BatchResult:
         """Run what ``plan`` says; every item ends with an image or an error in the result.
 
@@ -281,7 +291,8 @@ class Batch:
         called on this thread. ``keep_images`` False holds no image after ``on_item`` has seen
         it (a CLI writes each to disk). ``on_change`` sees the counts after every item. A
         Ctrl-C stops the batch (``GroupInterrupted``, its ``result`` the partial one, in
-        ``face``'s words); a rerun picks it up.
+        ``face``'s words); a rerun picks it up. Creates already on the wire get ``grace``
+        seconds to bring back their job ids first.
         """
         if plan.fresh:
             self.store.forget(self.key)
@@ -339,6 +350,7 @@ class Batch:
             timeout=self.timeout,
             face=face,
             work=drive,
+            grace=grace,
         )
         for index, job_id in work:
             group.add(self.requests[index], job_id=job_id)

@@ -83,7 +83,8 @@ PYTHON_BATCH = Face(
 )
 CLI = Face(
     resume=lambda job_id: "rerun the same command to resume it",
-    lost="rerun the same command: it finds the job if the server made it",
+    lost="a rerun reports such an item as uncertain, and --retry-uncertain creates it again "
+    "(which may pay twice)",
     rerun="Rerun the same command to resume: finished items are not made or paid for again.",
 )
 
@@ -569,6 +570,7 @@ def _one_line(exc: BaseException | None) -> str:
 
 __all__ = [
     "CLI",
+    "GRACE_SECONDS",
     "MAGIC",
     "PYTHON",
     "PYTHON_BATCH",

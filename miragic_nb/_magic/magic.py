@@ -31,6 +31,7 @@ from traitlets.config import Configurable
 from miragic_nb import session as builtin
 from miragic_nb._core import config
 from miragic_nb._core.errors import (
+    APIError,
     InvalidRequestError,
     JobFailedError,
     JobTimeoutError,
@@ -484,7 +485,8 @@ class Miragic(Magics, Configurable):
     def _settle(self, slot: _Slot, handle: JobHandle) -> None:
         if handle.result is None:
             error = _slot_error(slot)
-            slot.progress.fail(_one_line(error, self._resume_hint(error)))
+            # The row says what happened; the cell's error line alone says how to resume.
+            slot.progress.fail(_one_line(error, ""))
             return
         widget = bool(getattr(slot.progress, "widget", None))
         # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
@@ -521,6 +523,8 @@ class Miragic(Magics, Configurable):
         job_id = getattr(exc, "job_id", None)
         if not job_id or isinstance(exc, JobFailedError):
             return ""
+        if isinstance(exc, APIError) and exc.status_code == 404:
+            return ""  # the server does not know the job: there is nothing to resume
         return f"; it may still finish: %miragic resume {job_id}"
 
     # -- results ---------------------------------------------------------------------------

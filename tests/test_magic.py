@@ -41,7 +41,10 @@ def test_one_cell_one_image_shown_once_from_the_server_bytes(
     assert "512×384" in caption
     assert job_id in caption
     assert "emulator" not in caption  # a configured API is not the built-in emulator
-    assert api.jobs[job_id].form == {
+    form = dict(api.jobs[job_id].form)
+    seed = form.pop("seed")  # no --seed: the client chose one, and the caption shows it
+    assert f"seed {seed} (random)" in caption
+    assert form == {
         "prompt": "A lighthouse on a cliff at dusk",
         "model": "turbo",
         "width": "512",
@@ -81,7 +84,8 @@ def test_flags_not_given_are_not_sent(run: Runner, ip: InteractiveShell, api: Em
     assert cell.error is None, cell.text
     form = api.jobs[only_job(api)].form
     assert form["enhance"] == "false"
-    assert not {"safe", "private", "nologo", "seed", "image_url"} & set(form)
+    assert not {"safe", "private", "nologo", "image_url"} & set(form)
+    assert form["seed"].isdigit()  # always sent: chosen by the client when not given
 
 
 def test_prompt_interpolation_from_the_user_namespace(

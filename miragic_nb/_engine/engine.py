@@ -36,7 +36,7 @@ from miragic_nb._core import config, context
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError, MiragicError, server_text
 from miragic_nb._core.interrupts import deferred_interrupt
 from miragic_nb._core.jobs import Job, check_job_id
-from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
 from miragic_nb._core.states import JobState, store_status
 from miragic_nb._core.urls import strip_userinfo
@@ -104,6 +104,8 @@ class JobHandle:
         self.job: Job | None = None
         self.result: GeneratedImage | None = None
         self.error: BaseException | None = None
+        #: The request gave no seed and the engine chose the one sent.
+        self.seed_chosen = False
         self.cancellation = cancellation if cancellation is not None else Cancellation()
         self.future: concurrent.futures.Future[GeneratedImage] | None = None
         self._lock = threading.Lock()
@@ -363,6 +365,12 @@ class Engine:
         if over is not None:
             handle.move(JobState.CANCELLED, error=over)
             raise over
+        if request.seed is None:
+            # The server does not say which seed it used: choose one, send it and show it, so
+            # every picture can be made again. Chosen here, after the reuse check: an unseeded
+            # request is never answered from the history.
+            request = handle.request = replace(request, seed=random_seed())
+            handle.seed_chosen = True
         if not handle.begin_send():
             error = CancelledBeforeStart("cancelled before the job was sent; no credit used")
             # A job cancelled on its own is ``cancelled`` already; one whose group stopped
@@ -401,7 +409,13 @@ class Engine:
                 )
                 handle.move(JobState.DOWNLOADING, job=done)
                 data, done = self.api.download(done, cancel=cancel)
-            image = self._image(data, done, handle.request, elapsed=time.monotonic() - started)
+            image = self._image(
+                data,
+                done,
+                handle.request,
+                elapsed=time.monotonic() - started,
+                seed_chosen=handle.seed_chosen,
+            )
         except Exception as exc:
             error = _ended(exc, job_id, deadline=deadline, limit=limit)
             state = _final_state(error, cancelled=cancel.is_set())
@@ -416,7 +430,13 @@ class Engine:
         return image
 
     def _image(
-        self, data: bytes, job: Job, request: GenerationRequest | None, *, elapsed: float
+        self,
+        data: bytes,
+        job: Job,
+        request: GenerationRequest | None,
+        *,
+        elapsed: float,
+        seed_chosen: bool = False,
     ) -> GeneratedImage:
         from miragic_nb._core.images import GeneratedImage
 
@@ -428,6 +448,7 @@ class Engine:
             elapsed=elapsed,
             image_size=image.size,
             emulator=self.emulator,
+            seed_chosen=seed_chosen,
         )
         image.info["miragic"] = info.as_dict()
         return image

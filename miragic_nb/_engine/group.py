@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from miragic_nb._core.errors import JobFailedError, JobTimeoutError
+from miragic_nb._core.errors import APIError, JobFailedError, JobTimeoutError
 from miragic_nb._core.states import JobState
 from miragic_nb._engine.engine import (
     Cancellation,
@@ -123,7 +123,7 @@ class JobEnd:
             return f"while it was being sent; it may use a credit: {face.lost}"
         # failed: the reason, and the resume command when the job itself may have finished
         reason = _one_line(self.error)
-        if job_id and not isinstance(self.error, JobFailedError):
+        if job_id and self.error is not None and may_still_finish(self.error):
             reason += f"; it may still finish: {face.resume(job_id)}"
         return reason
 
@@ -561,6 +561,14 @@ def _end_of(member: Member, future: concurrent.futures.Future[GeneratedImage]) -
     return JobEnd(state, job_id=job_id, error=error, sent=handle.sent)
 
 
+def may_still_finish(error: BaseException) -> bool:
+    """Whether a job that ended in ``error`` may still finish on the server: not when the
+    server said it failed, nor when it does not know the job (404)."""
+    if isinstance(error, JobFailedError):
+        return False
+    return not (isinstance(error, APIError) and error.status_code == 404)
+
+
 def _one_line(exc: BaseException | None) -> str:
     if isinstance(exc, JobTimeoutError) and exc.job_id:
         return f"job {exc.job_id} did not finish in time"
@@ -581,4 +589,5 @@ __all__ = [
     "JobEnd",
     "Member",
     "Summary",
+    "may_still_finish",
 ]

@@ -29,7 +29,6 @@ from miragic_nb import session as builtin
 from miragic_nb._core import config
 from miragic_nb._core.errors import (
     InvalidRequestError,
-    JobFailedError,
     JobTimeoutError,
     MiragicError,
     MissingAPIKeyError,
@@ -44,7 +43,7 @@ from miragic_nb._core.request import (
 )
 from miragic_nb._core.states import JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Engine
-from miragic_nb._engine.group import MAGIC, Group, GroupInterrupted, Member
+from miragic_nb._engine.group import MAGIC, Group, GroupInterrupted, Member, may_still_finish
 from miragic_nb._engine.image_inputs import held_value, restore_held_names, url_to_check
 from miragic_nb._magic import sweeps
 from miragic_nb._magic.arguments import seconds, variable_name
@@ -477,7 +476,8 @@ class Miragic(Magics, Configurable):
             caption = end.result.caption() if widget or end.result.metadata.get("reused") else ""
             slot.progress.succeed(caption)
         elif end.is_failure:
-            slot.progress.fail(end.detail(MAGIC))
+            # The row says what happened; the cell's error line alone says how to resume.
+            slot.progress.fail(_one_line(end.error) if end.error else end.state.words)
         else:
             slot.progress.stop(end.state.words, end.detail(MAGIC))
 
@@ -521,7 +521,7 @@ class Miragic(Magics, Configurable):
 
     def _resume_hint(self, exc: BaseException) -> str:
         job_id = getattr(exc, "job_id", None)
-        if not job_id or isinstance(exc, JobFailedError):
+        if not job_id or not may_still_finish(exc):
             return ""
         return f"; it may still finish: {MAGIC.resume(job_id)}"
 

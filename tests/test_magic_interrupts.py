@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import miragic_nb
 from miragic_nb import Client, DownloadError, Job
 from miragic_nb.emulator import Emulator
 from tests.conftest import eventually
@@ -231,6 +232,9 @@ def test_a_stop_is_quiet_and_says_how_each_job_ended(run: Runner, api: Emulator)
         assert f"interrupted · still on the server: %miragic resume {job_id}" in text
         assert f"    %miragic resume {job_id}" in text
     assert "Interrupted: 2 still on the server, 4 never sent (no credit used)." in text
+    # The history says the same: the two jobs are interrupted (resumable), nothing else exists.
+    statuses = {record.job_id: record.status for record in miragic_nb.history()}
+    assert statuses == dict.fromkeys(api.jobs, "INTERRUPTED")
 
 
 def test_with_short_errors_off_a_stop_still_shows_its_traceback(run: Runner, api: Emulator) -> None:

@@ -19,12 +19,15 @@ COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 #: We stopped waiting; the job may still finish on the server (and be resumed).
 TIMEOUT = "TIMEOUT"
-#: The user stopped the wait (kernel interrupt, Cancel button).
+#: The user cancelled the job (the panel's Cancel, a cancelled ``agenerate`` task).
 CANCELLED = "CANCELLED"
+#: A stop (Ctrl-C, a stopped batch) while the job was on the server; it may still finish and
+#: be resumed.
+INTERRUPTED = "INTERRUPTED"
 #: Anything else that ended the wait: a download or decoding failure, a connection error.
 ERROR = "ERROR"
 #: Every status a history record can have.
-STATUSES = (PENDING, COMPLETED, FAILED, TIMEOUT, CANCELLED, ERROR)
+STATUSES = (PENDING, COMPLETED, FAILED, TIMEOUT, CANCELLED, INTERRUPTED, ERROR)
 
 
 class JobState(str, enum.Enum):
@@ -94,7 +97,6 @@ def store_status(state: JobState, error: BaseException | None = None) -> str:
         JobState.COMPLETED: COMPLETED,
         JobState.FAILED: FAILED,
         JobState.CANCELLED: CANCELLED,
-        # The history's word for a wait the user stopped; the job may still finish.
-        JobState.INTERRUPTED: CANCELLED,
+        JobState.INTERRUPTED: INTERRUPTED,
         JobState.TIMED_OUT: TIMEOUT,
     }.get(state, PENDING)

@@ -17,9 +17,9 @@ handle through the client's API calls and does everything around them, here and 
   semaphore, which never hold interpreter exit (a ``ThreadPoolExecutor``'s are joined at exit,
   so a job stuck in a slow read would hold a kernel restart).
 
-The magic blocks on handles (``JobHandle.wait``); the panel awaits them from asyncio
-(``JobHandle.wait_async``); ``Client.generate`` runs one in the calling thread (``Engine.run``)
-so Ctrl-C reaches it. A batch or an async face is more handles on the same engine.
+Every group of jobs -- a cell's, a panel Generate's, a batch's, ``agenerate``'s -- runs through
+``group.Group``, which decides concurrency, cancellation and how each job ended;
+``Client.generate`` runs one job in the calling thread (``Engine.run``) so Ctrl-C reaches it.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ and nowhere else:
   failed, cancelled, never sent, interrupted, timed out), and the stop summary in the face's
   own words (``Face``: ``%miragic resume ID``, ``client.resume("ID")``, "rerun the same
   command");
-- **the budget**: ``check_budget`` refuses, before any request, jobs past the session's
-  credit cap (``budget.check_session``), and ``count`` counts each job's credit in the ledger.
+- **the budget**: ``check_budget`` refuses the whole group, before any request, when its jobs
+  could take the session past its credit cap (``budget.check_session``; the engine still asks
+  before each create and counts each job it makes);
+- **the input picture**: ``resolve_image_input`` resolves it once for every job.
 
 Faces subscribe and render; they decide nothing. ``run`` blocks in the calling thread (the
 magic, the CLI, ``generate_many``) and calls every subscriber on that thread; ``run_async`` is

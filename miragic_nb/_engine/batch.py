@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, overload
 
 from miragic_nb._core import config, context
@@ -36,7 +36,7 @@ from miragic_nb._core.errors import (
     RateLimitError,
     UncertainJobError,
 )
-from miragic_nb._core.request import GenerationRequest, request_from
+from miragic_nb._core.request import MAX_SEED, GenerationRequest, request_from
 from miragic_nb._core.states import COMPLETED, FAILED, JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle, Workers
 from miragic_nb._engine.pacing import Pacing, check_concurrency
@@ -158,6 +158,12 @@ def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
     return requests
 
 
+def item_seed(batch: str, index: int) -> int:
+    """The seed of an unseeded item: random-looking, and the same for the same batch and place."""
+    digest = hashlib.sha256(f"{batch}\n{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
+
+
 def batch_key(requests: Sequence[GenerationRequest], *, base_url: str, name: str | None) -> str:
     """What identifies a batch: its ``name``, else its requests and server."""
     if name is not None:
@@ -196,6 +202,14 @@ class Batch:
         self.history = history
         self.store = BatchStore(history)
         self.key = batch_key(self.requests, base_url=engine.api.base_url, name=name)
+        # An item without a seed gets one made from the batch and its place in it: sent and
+        # shown like any chosen seed, and the same on every rerun, so a job created just
+        # before a crash is still found by its request (``BatchStore.adopt``).
+        self._seed_chosen = {i for i, request in enumerate(self.requests) if request.seed is None}
+        self.requests = [
+            replace(request, seed=item_seed(self.key, i)) if i in self._seed_chosen else request
+            for i, request in enumerate(self.requests)
+        ]
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -214,8 +228,8 @@ class Batch:
         for index, request in enumerate(self.requests):
             record = self._records.get(index)
             if record is not None and record.job_id is None:
-                base_url = self.engine.api.base_url
-                adopted = self.store.adopt(self.key, record, request, base_url=base_url)
+                identity = self.engine.identity
+                adopted = self.store.adopt(self.key, record, request, base_url=identity)
                 if adopted is not None:
                     record = self._records[index] = ItemRecord(index, adopted, record.intent_at)
             if record is None:
@@ -354,6 +368,7 @@ class Batch:
         with context.caller_paces_creates():
             if job_id is not None:
                 handle = JobHandle(request, job_id=job_id)
+                handle.seed_chosen = index in self._seed_chosen
                 self._follow(handle)
                 try:
                     image = engine.run(handle, timeout=self.timeout)
@@ -367,9 +382,13 @@ class Batch:
                 if sent_at is None:
                     break
                 handle = JobHandle(request)
+                handle.seed_chosen = index in self._seed_chosen
                 self._follow(handle, index=index, pacing=pacing, result=result)
+                # A seed the batch chose is never answered from the history (a new run of
+                # unseeded prompts makes new pictures); nor is anything in a fresh start.
+                reuse = not (result.plan.fresh or handle.seed_chosen)
                 try:
-                    image = engine.run(handle, timeout=self.timeout)
+                    image = engine.run(handle, timeout=self.timeout, reuse=reuse)
                 except RateLimitError as exc:
                     if handle.id is not None:
                         return None, exc

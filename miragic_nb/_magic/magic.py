@@ -234,7 +234,7 @@ class Miragic(Magics, Configurable):
 
     # -- the magic -------------------------------------------------------------------------
 
-    @_magic_arguments()
+    @_magic_arguments(name="%miragic")  # the usage reads "%%miragic": a cell magic first
     @_argument(
         "-m",
         "--model",
@@ -647,9 +647,16 @@ def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
 
 def _print_plan(requests: list[GenerationRequest]) -> None:
     """``--dry-run``: the jobs a cell would start, and what they may cost."""
-    for request in requests:
-        seed = "" if request.seed is None else f" seed {request.seed}"
-        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    lines = [
+        f"{request.model} {request.width}×{request.height}"
+        + ("" if request.seed is None else f" seed {request.seed}")
+        + f": {request.prompt}"
+        for request in requests
+    ]
+    # `--n 20` without a seed is twenty identical jobs: one line says so.
+    for line, same in itertools.groupby(lines):
+        times = len(list(same))
+        print(f"  {times} × {line}" if times > 1 else f"  {line}")
     count = len(requests)
     print(
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "

@@ -71,7 +71,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # IPython's decorators are untyped; these typed names keep the magic checked by mypy --strict.
-_magic_arguments = cast(Callable[[], _Decorator], magic_arguments)
+_magic_arguments = cast(Callable[..., _Decorator], magic_arguments)
 _argument = cast(Callable[..., _Decorator], argument)
 _line_cell_magic = cast(_Decorator, line_cell_magic)
 _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace], parse_argstring)

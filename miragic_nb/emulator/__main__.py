@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{kind} requests allowed at once (default: the rate, rounded up)",
         )
+    parser.add_argument(
+        "--standard-headers",
+        action="store_true",
+        help="answer a 429 with Retry-After in whole seconds only (no X-RateLimit-Reset-After)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -99,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         rate_limits=rate_limits,
         workers=args.workers,
+        standard_headers=args.standard_headers,
     )
     stop = threading.Event()
 

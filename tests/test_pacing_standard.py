@@ -31,7 +31,7 @@ JOBS = 20
 SHAPES = [
     pytest.param(Shape("retry-after", rate=4, burst=4), id="retry-after-whole-seconds"),
     pytest.param(Shape("bare", rate=10, burst=1, header="none"), id="no-header"),
-    pytest.param(Shape("burst", rate=2, burst=10), id="burst-larger-than-rate"),
+    pytest.param(Shape("burst", rate=4, burst=8), id="burst-larger-than-rate"),
     pytest.param(Shape("halving", rate=8, burst=4, halve_after=10), id="limit-halves"),
 ]
 

@@ -1,23 +1,28 @@
 """How fast a batch sends: how many jobs run at once, and how creates are spaced.
 
-The **rate** (creates a second) is learned from what the service admits, never from a header:
+The **rate** (creates a second) is learned from what the service admits, never from a header
+(see ``docs/servers.md``):
 
 - **Before the first 429** creates are spaced at ``START_RATE``, and the rate grows by
-  ``SLOW_START`` with every create answered with a job (doubling every few creates), so a
-  small bucket is not flooded and a large one is found quickly.
-- **On a 429** (no job made) the rate backs off multiplicatively: to ``BACKOFF`` times the
-  lower of the rate it was sent at and the rate the service has admitted since the first 429
-  (creates answered with a job per second). A burst of 429s for creates already on the wire
-  is one signal, not several.
-- **Probing** is additive: each create answered with a job adds ``PROBE`` of the rate set at
-  the last back-off, so the rate climbs back within a few dozen creates.
+  ``SLOW_START`` with every create answered with a job, so a small bucket is not flooded and
+  a large one is found within a few creates.
+- **On a 429** (no job made) the rate backs off multiplicatively, to ``BACKOFF`` times the
+  rate it was at, and never above the rate the service admitted since an earlier 429:
+  between two 429s its bucket was empty at both ends, so the creates it answered with a job
+  in between, per second, *are* its rate. 429s for creates already on the wire when the rate
+  was cut are the same signal, not new ones.
+- **Probing** is additive: each create answered with a job adds ``PROBE`` of the rate set
+  before the last back-off, so the rate climbs back, and finds a limit that was raised.
 - **``Retry-After`` only pauses** every create until the moment it names (a precise
-  ``X-RateLimit-Reset-After`` when the server sends one; one spacing when there is no header);
-  it never sets the spacing. The tokens the service earns during a pause are used after it:
-  up to ``CATCH_UP`` creates go at once, unless such a catch-up was itself answered 429.
+  ``X-RateLimit-Reset-After`` when the server sends one; one spacing when there is no
+  header); it never sets the spacing. The tokens the service earned meanwhile are used when
+  the pause ends: up to ``CATCH_UP`` creates, each sent as soon as the one before was
+  answered (so a smaller bucket costs one 429, after which no catch-up is tried again).
 
 **Concurrency** (jobs in flight) is only a cap: ``"auto"`` allows ``AUTO_CEILING`` jobs at
 once and lets the rate do the pacing; a fixed number is a cap that never moves.
+
+The clock is injected, so the whole controller can be driven by a simulated one.
 """
 
 from __future__ import annotations
@@ -32,23 +37,23 @@ AUTO_CEILING = 32
 #: Creates a second before anything is known, and the growth per create with a job until
 #: the first 429.
 START_RATE = 8.0
-SLOW_START = 1.25
-#: Back-off factor on a 429, and the additive probe per create with a job (a share of the
-#: rate set at the last back-off).
+SLOW_START = 1.15
+#: The back-off factor on a 429, and the probe per create with a job (a share of the rate
+#: before the last back-off).
 BACKOFF = 0.8
 PROBE = 0.005
-#: Back-off when the first 429 ends the slow start (which may overshoot up to twice).
-FIRST_BACKOFF = 0.65
-#: Most creates sent at once after a pause (the service's bucket refilled meanwhile).
+#: Fewest creates with a job the admitted rate is measured over (one more or less is noise).
+MEASURED = 3
+#: Most creates sent after a pause, one after the other, for the tokens earned meanwhile.
 CATCH_UP = 4
-#: Pause after a 429 with no advice, in spacings.
+#: Longest wait for the answer to one create of a catch-up before the next goes anyway.
+CATCH_UP_WAIT_S = 1.0
+#: The pause after a 429 with no advice, in spacings.
 BARE_PAUSE_SPACINGS = 1.0
 #: Slowest the rate ever gets (one create a minute): the batch's deadline ends it anyway.
 MIN_RATE = 1 / 60
 #: Longest pause honoured from one header: the batch's deadline bounds it too.
 MAX_PAUSE_S = 60.0
-#: Fewest creates with a job the admitted rate is measured over (one more or less is noise).
-MEASURED = 4
 
 
 def check_concurrency(concurrency: object) -> int | None:
@@ -66,38 +71,40 @@ def check_concurrency(concurrency: object) -> int | None:
 
 
 class Pacing:
-    """The shared pace of one batch's workers (thread-safe; the clock can be injected)."""
+    """The shared pace of one batch's workers (thread-safe)."""
 
-    def __init__(self, fixed: int | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, fixed: int | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.fixed = fixed
-        self.ceiling = fixed if fixed is not None else AUTO_CEILING
-        self.limit = self.ceiling
+        self.limit = fixed if fixed is not None else AUTO_CEILING
+        self.ceiling = self.limit
         self.running = 0
         self.rate_limited = 0
+        #: Creates a second (before the first 429: the slow start's).
+        self.rate = START_RATE
         self._clock = clock
         self._condition = threading.Condition()
-        #: Creates a second; grows by SLOW_START per create until the first 429.
-        self.rate = START_RATE
         self._slow_start = True
-        #: The rate set at the last back-off (the probe's step is a share of it).
+        #: The rate before the last back-off: the probe's step is a share of it.
         self._base = START_RATE
-        #: When the next create may go, and how many may go at that moment at once.
+        #: The earliest moment of the next create, and the last create's moment.
         self._next = -math.inf
-        self._credit = 1.0
-        #: A pause after a 429: since when, until when (-inf: none).
+        self._last_turn = -math.inf
+        #: A pause after a 429: since and until when (until -inf: none).
         self._paused_since = -math.inf
         self._paused_until = -math.inf
-        #: Creates sent before this moment were on the wire at the last back-off.
+        #: Creates sent before this moment were on the wire when the rate was last cut.
         self._backed_off_at = -math.inf
-        #: The first create's turn; creates answered with a job; (moment, that count) at
-        #: each back-off; the last turn's moment.
-        self._started: float | None = None
+        #: Creates answered with a job, and (moment, that count) at each back-off.
         self._admitted = 0
-        self._limits: list[tuple[float, int]] = []
-        self._sent: list[float] = []
-        #: The moments of the last catch-up's creates, and how many may go at once (1 after a
-        #: catch-up was answered 429: the service's bucket is smaller than that).
+        self._back_offs: list[tuple[float, int]] = []
+        #: The catch-up after a pause: creates it may still send, the moments of those it
+        #: sent, whether one is waiting for its answer, and how many creates a catch-up may
+        #: have (1 once one was answered 429: the service's bucket is smaller than that).
+        self._catching_up = 0
         self._catch_up_sends: set[float] = set()
+        self._awaiting = False
         self._catch_up = CATCH_UP
 
     def __repr__(self) -> str:
@@ -120,18 +127,18 @@ class Pacing:
             self.running -= 1
             self._condition.notify_all()
 
-    # -- creates ---------------------------------------------------------------------------
+    # -- creates -----------------------------------------------------------------------------
 
     def before_create(
         self, stop: threading.Event | None = None, *, until: float = math.inf
     ) -> float | None:
         """Wait for this create's turn; the moment it may be sent (for ``throttled``), or None
-        on ``stop`` or when its turn would come after ``until`` (monotonic)."""
+        on ``stop`` or when its turn would come only after ``until`` (monotonic)."""
         with self._condition:
             while True:
                 wait = self.turn()
                 if wait <= 0:
-                    return self._sent[-1]
+                    return self._last_turn
                 if stop is not None and stop.is_set():
                     return None
                 if self._clock() + wait > until:
@@ -146,35 +153,38 @@ class Pacing:
             start = max(self._next, self._paused_until)
             if now < start:
                 return start - now
-            if self._started is None:
-                self._started = now
+            if self._awaiting and now < self._next + CATCH_UP_WAIT_S:
+                return min(0.01, self._next + CATCH_UP_WAIT_S - now)
+            self._awaiting = False
             if self._paused_until > -math.inf:
-                # First create after a pause: the service earned tokens meanwhile.
+                # The first create after a pause: the service earned tokens meanwhile.
                 paused = min(now - self._paused_since, MAX_PAUSE_S)
-                self._credit = min(float(self._catch_up), max(1.0, paused * self.rate))
+                self._catching_up = min(self._catch_up, max(1, int(paused * self.rate)))
                 self._catch_up_sends = set()
                 self._paused_until = -math.inf
-            if self._credit > 1 or now in self._catch_up_sends:
+            if self._catching_up > 0:
+                self._catching_up -= 1
                 self._catch_up_sends.add(now)
-            self._credit -= 1
-            if self._credit >= 1:
-                self._next = now  # more of the catch-up may go at once
+            if self._catching_up > 0:
+                # The next one goes when this one is answered: a 429 then stops the catch-up
+                # after one refusal, not after all of it.
+                self._awaiting = True
+                self._next = now
             else:
-                self._credit = 1.0
                 self._next = now + 1 / self.rate
-            self._sent.append(now)
-            del self._sent[:-1]
+            self._last_turn = now
             return 0.0
 
     @property
     def last_turn(self) -> float:
         """The moment of the last create's turn."""
-        return self._sent[-1] if self._sent else -math.inf
+        return self._last_turn
 
     def created(self) -> None:
         """A create was answered with a job: the service keeps up; probe a little faster."""
         with self._condition:
             self._admitted += 1
+            self._awaiting = False
             if self._slow_start:
                 self.rate *= SLOW_START
             else:
@@ -186,34 +196,30 @@ class Pacing:
         burst, and pause every create for the wait the server advised."""
         with self._condition:
             self.rate_limited += 1
+            self._awaiting = False
             now = self._clock()
             if sent_at in self._catch_up_sends:
-                self._catch_up = 1  # the service's bucket holds less than our catch-up
+                self._catch_up = 1  # the service's bucket holds less than a catch-up
+                self._catching_up = 0
             if sent_at < self._backed_off_at:
-                return  # on the wire before the last back-off: the same signal
+                return  # on the wire before the rate was cut: the same signal
             self._base = self.rate
-            backoff = FIRST_BACKOFF if self._slow_start else BACKOFF
-            self.rate = max(MIN_RATE, min(backoff * self.rate, self._admitted_rate(now)))
+            self.rate = max(MIN_RATE, min(BACKOFF * self.rate, self._admitted_rate(now)))
             self._slow_start = False
             self._backed_off_at = now
+            self._back_offs.append((now, self._admitted))
             pause = BARE_PAUSE_SPACINGS / self.rate if retry_after is None else retry_after
             if self._paused_until == -math.inf:
                 self._paused_since = now
             self._paused_until = max(self._paused_until, now + min(pause, MAX_PAUSE_S))
-            self._limits.append((now, self._admitted))
-            self._credit = 1.0
             self._condition.notify_all()
 
     def _admitted_rate(self, now: float) -> float:
-        """Creates answered with a job per second. Between two 429s the service's bucket was
-        empty at both ends, so what it admitted in between is its rate (less what it could
-        not hold while the batch paused): measured since the latest 429 with ``MEASURED``
-        creates after it, else since the first create (which also counts the service's
-        initial burst: an upper bound)."""
-        since, admitted = (now if self._started is None else self._started), 0
-        for moment, count in reversed(self._limits):
+        """Creates answered with a job per second since the latest 429 with ``MEASURED`` of
+        them after it (infinite before there is one): between two 429s the service's bucket
+        was empty at both ends, so that is its rate (less what its bucket could not hold
+        while the batch paused or went slower)."""
+        for moment, count in reversed(self._back_offs):
             if self._admitted - count >= MEASURED:
-                since, admitted = moment, count
-                break
-        elapsed = now - since
-        return (self._admitted - admitted) / elapsed if elapsed > 0 else math.inf
+                return (self._admitted - count) / max(now - moment, 1e-3)
+        return math.inf

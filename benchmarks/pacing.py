@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tempfile
 
-from miragic_nb.batch import BatchCounts, BatchResult
+from miragic_nb._engine.batch import BatchCounts, BatchResult
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
-from miragic_nb.history import History
 
 from .common import API_KEY, TIGHT_POLLS, Row, Settings, timed
 from .standard_server import SHAPES, Shape, limited_api

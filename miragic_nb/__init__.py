@@ -8,10 +8,9 @@ Pillow and ipywidgets load only when first used.
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -31,17 +30,19 @@ from .errors import (
 
 # Bound eagerly: once the submodule is imported anywhere, Python would otherwise set the package
 # attribute ``history`` to the module, and ``miragic_nb.history()`` would stop being callable.
-from .history import History, history
+from miragic_nb._store.history import History, history
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client
-    from .image_inputs import set_uploader
-    from .images import GeneratedImage
-    from .jobs import Job
-    from .panel import Panel
-    from .request import GenerationRequest
+    from miragic_nb._core.images import GeneratedImage
+    from miragic_nb._core.jobs import Job
+    from miragic_nb._core.request import GenerationRequest
+    from miragic_nb._core.states import JobState
+    from miragic_nb._engine.batch import BatchCounts, BatchResult, Plan
+    from miragic_nb._engine.image_inputs import set_uploader
+    from miragic_nb._panel.panel import Panel
+    from miragic_nb.client import Client
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,8 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "AuthenticationError",
+    "BatchCounts",
+    "BatchResult",
     "BudgetExceededError",
     "Client",
     "DownloadError",
@@ -61,12 +64,15 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobFailedError",
+    "JobState",
     "JobTimeoutError",
     "MiragicError",
     "MissingAPIKeyError",
     "Panel",
+    "Plan",
     "RateLimitError",
     "UncertainJobError",
+    "default_client",
     "generate",
     "history",
     "set_uploader",
@@ -75,15 +81,16 @@ __all__ = [
 # Public names that live in modules with heavy imports, loaded on first attribute access.
 _LAZY = {
     "Client": "client",
-    "GeneratedImage": "images",
-    "Job": "jobs",
-    "GenerationRequest": "request",
-    "Panel": "panel",
-    "set_uploader": "image_inputs",
+    "GeneratedImage": "_core.images",
+    "Job": "_core.jobs",
+    "GenerationRequest": "_core.request",
+    "Panel": "_panel.panel",
+    "set_uploader": "_engine.image_inputs",
+    "JobState": "_core.states",
+    "BatchResult": "_engine.batch",
+    "BatchCounts": "_engine.batch",
+    "Plan": "_engine.batch",
 }
-
-_default_client: Client | None = None
-_default_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
@@ -96,14 +103,11 @@ def __getattr__(name: str) -> Any:
 
 
 def default_client() -> Client:
-    """The client ``generate`` uses, made from the environment on first use."""
-    global _default_client
-    with _default_lock:
-        if _default_client is None:
-            from .client import Client
+    """The client ``generate`` uses: the session's, from the loaded extension's settings or the
+    environment (the built-in emulator when no key and no base URL are set)."""
+    from miragic_nb.session import default_client as session_client
 
-            _default_client = Client()
-        return _default_client
+    return session_client()
 
 
 def generate(prompt: str, **options: Any) -> GeneratedImage:
@@ -113,12 +117,12 @@ def generate(prompt: str, **options: Any) -> GeneratedImage:
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
     """``%load_ext miragic_nb``: register ``%%miragic`` and ``%miragic``."""
-    from .magic import load_ipython_extension as load
+    from miragic_nb._magic.magic import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
-    from .magic import unload_ipython_extension as unload
+    from miragic_nb._magic.magic import unload_ipython_extension as unload
 
     unload(ipython)

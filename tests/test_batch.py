@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from miragic_nb import UncertainJobError
-from miragic_nb.batch import Batch, BatchResult, Plan
-from miragic_nb.batch_store import BatchStore
+from miragic_nb._core.errors import BudgetExceededError, InvalidRequestError, JobFailedError
+from miragic_nb._engine.batch import Batch, BatchResult, Plan
+from miragic_nb._store.batches import BatchStore
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, RateLimit
-from miragic_nb.errors import BudgetExceededError, InvalidRequestError, JobFailedError
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS, eventually
 
 CREATE = "/api/v1/image/generate"
@@ -215,7 +215,7 @@ def test_a_stopped_batch_sends_no_further_create_and_a_rerun_resumes_its_jobs(
     items = _items(6, "slow")
     with Emulator(api_key="test-key-0123456789", job_seconds=4.0) as emulator:
         with _client(emulator, tmp_path) as client:
-            batch = Batch(client, items, concurrency=2)  # type: ignore[arg-type]
+            batch = Batch(client.engine, items, concurrency=2)
             plan = batch.plan()
             outcome: list[BatchResult] = []
             runner = threading.Thread(target=lambda: outcome.append(batch.run(plan)))

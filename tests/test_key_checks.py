@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb import Client, InvalidRequestError, builtin
-from miragic_nb.builtin import resolve_client
-from miragic_nb.config import Secret
+from miragic_nb import Client, InvalidRequestError
+from miragic_nb import session as builtin
+from miragic_nb._core.config import Secret
+from miragic_nb._panel.panel import Panel
 from miragic_nb.emulator import Emulator
-from miragic_nb.panel import Panel
+from miragic_nb.session import resolve_client
 
 if TYPE_CHECKING:
     from tests.magic_fixtures import Runner
@@ -148,10 +149,10 @@ KEY = "mk-live-PICKLE-5e6f7a"
 def key_holders(emulator: Emulator) -> list[object]:
     """Everything that holds the key: the Secret, the client, its session, auth and a header."""
     client = Client(KEY, emulator.url)
-    auth = client._session.auth
+    auth = client.api._session.auth
     assert auth is not None
-    headers = auth(client._session.prepare_request(_request(client))).headers
-    return [Secret(KEY), client, client._session, auth, headers["X-API-Key"], headers]
+    headers = auth(client.api._session.prepare_request(_request(client))).headers
+    return [Secret(KEY), client, client.api._session, auth, headers["X-API-Key"], headers]
 
 
 def _request(client: Client) -> object:

@@ -17,11 +17,11 @@ import pytest
 import requests
 
 from benchmarks.standard_server import Shape, limited_api
-from miragic_nb.batch import BatchResult
+from miragic_nb._engine.batch import BatchResult
+from miragic_nb._engine.engine import CancelledBeforeStart
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, RateLimit
-from miragic_nb.engine import CancelledBeforeStart
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import CREATE, ScriptedApi, json_answer
 

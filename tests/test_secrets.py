@@ -22,12 +22,12 @@ import pytest
 import requests
 
 from miragic_nb import Client, GenerationRequest, InvalidRequestError, MiragicError
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
 
 if TYPE_CHECKING:
-    from miragic_nb.magic import Miragic
+    from miragic_nb._magic.magic import Miragic
     from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
@@ -224,7 +224,7 @@ def test_key_is_not_in_a_traceback_interrupted_mid_request(client: Client, keyed
 def test_key_is_not_in_reprs(client: Client, keyed: Emulator) -> None:
     image = client.generate("shown", width=256, height=256)
     job = client.get_job(image.metadata["job_id"])
-    session = client._session  # the internals a debugger or a traceback could show
+    session = client.api._session  # the internals a debugger or a traceback could show
     for shown in (
         client,
         vars(client),

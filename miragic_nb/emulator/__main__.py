@@ -118,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Result files also served from {emulator.second_origin.url}", flush=True)
         for kind, limit in rate_limits.items():
             print(f"Rate limit on {kind}: {limit.per_second:g}/s, burst {limit.burst}", flush=True)
+        if args.standard_headers:
+            print("429 answers carry Retry-After only (whole seconds)", flush=True)
         if args.workers is not None:
             print(f"Service workers: {args.workers}", flush=True)
         print(

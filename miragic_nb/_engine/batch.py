@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import threading
 import time
 import weakref
@@ -212,6 +213,7 @@ class Batch:
         ]
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
+        self._deadline = math.inf
         self._lock = threading.Lock()
         #: The items' handles while they run, to stop them at once with the batch.
         self._handles: weakref.WeakSet[JobHandle] = weakref.WeakSet()
@@ -282,6 +284,9 @@ class Batch:
         result = BatchResult([None] * plan.items, plan)
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
+        # The batch's timeout bounds the whole batch: no create starts after it, no job runs
+        # past it.
+        self._deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
 
         def finish(index: int, image: GeneratedImage | None, error: MiragicError | None) -> None:
             with self._lock:
@@ -371,14 +376,14 @@ class Batch:
                 handle.seed_chosen = index in self._seed_chosen
                 self._follow(handle)
                 try:
-                    image = engine.run(handle, timeout=self.timeout)
+                    image = engine.run(handle, timeout=self._time_left())
                 except MiragicError as exc:
                     return None, exc
                 with self._lock:
                     result.resumed += 1
                 return image, None
             while not self._stop.is_set():
-                sent_at = pacing.before_create(self._stop)
+                sent_at = pacing.before_create(self._stop, until=self._deadline)
                 if sent_at is None:
                     break
                 handle = JobHandle(request)
@@ -388,7 +393,7 @@ class Batch:
                 # unseeded prompts makes new pictures); nor is anything in a fresh start.
                 reuse = not (result.plan.fresh or handle.seed_chosen)
                 try:
-                    image = engine.run(handle, timeout=self.timeout, reuse=reuse)
+                    image = engine.run(handle, timeout=self._time_left(), reuse=reuse)
                 except RateLimitError as exc:
                     if handle.id is not None:
                         return None, exc
@@ -407,7 +412,15 @@ class Batch:
                     with self._lock:
                         result.reused += 1
                 return image, None
+        if not self._stop.is_set():
+            return None, _unsent(index, self.timeout)
         return None, _not_started(index)
+
+    def _time_left(self) -> float | None:
+        """Seconds until the batch's deadline (None: no timeout; the client's per job)."""
+        if self.timeout is None:
+            return None
+        return max(0.001, self._deadline - time.monotonic())
 
     def _follow(
         self,
@@ -467,6 +480,13 @@ class BatchCounts:
 
 def _not_started(index: int) -> CancelledBeforeStart:
     return CancelledBeforeStart(f"item {index}: the batch was stopped before it was sent")
+
+
+def _unsent(index: int, timeout: float | None) -> CancelledBeforeStart:
+    return CancelledBeforeStart(
+        f"item {index}: not sent: the batch's timeout ({timeout:g}s) ran out before the "
+        "service's rate limit let its create through"
+    )
 
 
 def _uncertain(index: int) -> UncertainJobError:

@@ -101,8 +101,8 @@ def test_ctrl_c_in_generate_many_counts_no_stop_as_a_failure(
 ) -> None:
     emulator.job_seconds = 60.0
 
-    def interrupt() -> None:
-        if eventually(lambda: emulator.count("GET", STATUS) >= 2, 20):
+    def interrupt() -> None:  # once both jobs the concurrency allows exist
+        if eventually(lambda: len(emulator.jobs) >= 2, 20):
             _thread.interrupt_main()
 
     threading.Thread(target=interrupt, daemon=True).start()

@@ -237,11 +237,12 @@ def test_load_twice_unload_and_reload(run: Runner, ip: InteractiveShell) -> None
 
 def test_usage_help_comes_from_magic_arguments(run: Runner, ip: InteractiveShell) -> None:
     doc = ip.find_cell_magic("miragic").__doc__
-    assert doc.startswith("::\n\n  %miragic [-m MODEL]")
+    assert doc.startswith("::\n\n  %%miragic [-m MODEL]")  # a cell magic: its usage says so
     for option in ("--width", "--size WxH", "--image-url", "--[no-]enhance", "--n N", "--fresh"):
         assert option.replace("[no-]", "") in doc.replace("[no-]", "")
     cell = run("%%miragic?")
     assert "--image-url" in cell.io.stdout
+    assert "%%miragic [-m MODEL]" in cell.io.stdout
 
 
 def test_widget_progress_becomes_the_caption(

@@ -53,6 +53,8 @@ log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
+#: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
+BUILTIN_EMULATOR = "builtin-emulator:"
 
 _T = TypeVar("_T")
 
@@ -287,6 +289,13 @@ class Engine:
         self._workers: Workers | None = None
         self._lock = threading.Lock()
 
+    @property
+    def identity(self) -> str:
+        """The server as the history's reuse knows it: its URL, or one name for the built-in
+        emulator, whose port changes with every process (so its seeded results are reused
+        across kernel restarts like any server's)."""
+        return BUILTIN_EMULATOR if self.emulator else self.api.base_url
+
     def __repr__(self) -> str:
         return f"Engine({self.api!r}, history={self.history!r}, emulator={self.emulator})"
 
@@ -387,8 +396,10 @@ class Engine:
                 handle.move(JobState.FAILED, error=exc)
                 raise
             recorded = _without_userinfo(request)
-            base_url = self.api.base_url
-            self._record(lambda h: h.record_created(job.id, recorded, base_url=base_url))
+            base_url, identity = self.api.base_url, self.identity
+            self._record(
+                lambda h: h.record_created(job.id, recorded, base_url=base_url, identity=identity)
+            )
             self._record(lambda h: budget.spend(h, job.id, emulator=self.emulator))
         handle.move(JobState.PENDING, job=job)
 
@@ -458,7 +469,7 @@ class Engine:
         if self.history is None or request.seed is None:
             return None
         try:
-            image = self.history.reuse(request, base_url=self.api.base_url)
+            image = self.history.reuse(request, base_url=self.identity)
         except MiragicError as exc:  # an unreadable history must never stop a generation
             log.warning("could not look for a saved result: %s", exc)
             return None

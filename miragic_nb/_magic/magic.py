@@ -68,7 +68,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # IPython's decorators are untyped; these typed names keep the magic checked by mypy --strict.
-_magic_arguments = cast(Callable[[], _Decorator], magic_arguments)
+_magic_arguments = cast(Callable[..., _Decorator], magic_arguments)
 _argument = cast(Callable[..., _Decorator], argument)
 _line_cell_magic = cast(_Decorator, line_cell_magic)
 _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace], parse_argstring)
@@ -233,7 +233,7 @@ class Miragic(Magics, Configurable):
 
     # -- the magic -------------------------------------------------------------------------
 
-    @_magic_arguments()
+    @_magic_arguments(name="%miragic")  # the usage reads "%%miragic": a cell magic first
     @_argument(
         "-m",
         "--model",
@@ -607,9 +607,16 @@ def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
 
 def _print_plan(requests: list[GenerationRequest]) -> None:
     """``--dry-run``: the jobs a cell would start, and what they may cost."""
-    for request in requests:
-        seed = "" if request.seed is None else f" seed {request.seed}"
-        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    lines = [
+        f"{request.model} {request.width}×{request.height}"
+        + ("" if request.seed is None else f" seed {request.seed}")
+        + f": {request.prompt}"
+        for request in requests
+    ]
+    # `--n 20` without a seed is twenty identical jobs: one line says so.
+    for line, same in itertools.groupby(lines):
+        times = len(list(same))
+        print(f"  {times} × {line}" if times > 1 else f"  {line}")
     count = len(requests)
     print(
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "

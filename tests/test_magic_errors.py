@@ -201,10 +201,11 @@ def test_interrupt_stops_polling_prints_resume_and_resume_finishes(
     assert isinstance(cell.error, KeyboardInterrupt)
     (job_id,) = api.jobs
     assert f"%miragic resume {job_id}" in cell.io.stdout
-    # Polling stopped: the worker's wait ended as cancelled, and no status read follows.
+    # Polling stopped: the job is recorded as interrupted (resumable), and no status read
+    # follows.
     record = History().get(job_id)
     assert record is not None
-    assert record.status == "CANCELLED"
+    assert record.status == "INTERRUPTED"
     polls = api.count("GET", job_id=job_id)
     threading.Event().wait(0.5)  # several poll intervals of the fast schedule
     assert api.count("GET", job_id=job_id) == polls

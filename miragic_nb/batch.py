@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 from . import transport
-from .batch_store import BatchStore, ItemRecord
+from .batch_store import BatchStore, ItemRecord, Reservation
 from .engine import CancelledBeforeStart, JobHandle, JobState, Workers
 from .errors import (
     AuthenticationError,
@@ -181,6 +181,8 @@ class Batch:
         concurrency: int | str = "auto",
         timeout: float | None = None,
         retry_uncertain: bool = False,
+        session_credits: int | None = None,
+        wait: float = 0.0,
     ) -> None:
         from .engine import check_timeout
 
@@ -189,6 +191,14 @@ class Batch:
         self.fixed_concurrency = check_concurrency(concurrency)
         self.timeout = None if timeout is None else check_timeout(timeout)
         self.retry_uncertain = retry_uncertain
+        #: The session's credit budget the batch's creates are reserved against (None: none).
+        self.session_credits = session_credits
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise InvalidRequestError(
+                f"wait must be a number of seconds ≥ 0, got {wait!r}", field="wait"
+            )
+        #: How long a run waits for another run of the same batch before refusing.
+        self.wait = float(wait)
         history = client.history
         if history is None:
             raise InvalidRequestError(
@@ -264,9 +274,51 @@ class Batch:
 
         ``keep_images`` False holds no image after ``on_item`` has seen it (a CLI writes each
         to disk). ``on_change`` sees the counts after every step (for a progress view).
+
+        The run holds the batch's lease (a second run of it waits ``wait`` seconds, then is
+        refused with ``BatchBusyError``), plans again under it (another run may have made
+        items meanwhile), and reserves its creates' credits before the first is sent.
         """
-        if plan.fresh:
-            self.store.forget(self.key)
+        with self.store.lease(self.key, wait=self.wait):
+            current = plan if plan.fresh else self.plan()
+            if not set(current.to_create) <= set(plan.to_create):
+                raise BudgetExceededError(
+                    f"another run of this batch ended while this one waited, and it now "
+                    f"needs {current.credits} credits, not the {plan.credits} planned; nothing "
+                    "was sent: plan it again",
+                    needed=current.credits,
+                    allowed=plan.credits,
+                )
+            if plan.fresh:
+                self.store.forget(self.key)
+            reservation = None
+            if current.credits:
+                from .budget import reserve
+
+                reservation = reserve(
+                    self.history, current.credits, max_credits=self.session_credits
+                )
+            try:
+                return self._run(
+                    current,
+                    reservation,
+                    keep_images=keep_images,
+                    on_item=on_item,
+                    on_change=on_change,
+                )
+            finally:
+                if reservation is not None:
+                    reservation.release()
+
+    def _run(
+        self,
+        plan: Plan,
+        reservation: Reservation | None,
+        *,
+        keep_images: bool,
+        on_item: ItemSink | None,
+        on_change: Callable[[BatchCounts], None] | None,
+    ) -> BatchResult:
         result = BatchResult([None] * plan.items, plan)
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
@@ -308,7 +360,9 @@ class Batch:
             for index, job_id in work:
                 if not pacing.acquire(self._stop):
                     break
-                item = functools.partial(self._item, index, job_id, pacing, result, finish)
+                item = functools.partial(
+                    self._item, index, job_id, pacing, result, finish, reservation
+                )
                 futures.append(workers.submit(item))
             for future in futures:
                 future.result()
@@ -340,16 +394,22 @@ class Batch:
         pacing: Pacing,
         result: BatchResult,
         finish: ItemSink,
+        reservation: Reservation | None,
     ) -> None:
         """Run one item to its end (in a worker thread): pick up ``job_id``, or create a job."""
         try:
-            image, error = self._drive(index, job_id, pacing, result)
+            image, error = self._drive(index, job_id, pacing, result, reservation)
         finally:
             pacing.release()
         finish(index, image, error)
 
     def _drive(
-        self, index: int, job_id: str | None, pacing: Pacing, result: BatchResult
+        self,
+        index: int,
+        job_id: str | None,
+        pacing: Pacing,
+        result: BatchResult,
+        reservation: Reservation | None,
     ) -> tuple[GeneratedImage | None, MiragicError | None]:
         request = self.requests[index]
         engine = self.client.engine
@@ -369,7 +429,9 @@ class Batch:
                 if sent_at is None:
                     break
                 handle = JobHandle(request)
-                self._follow(handle, index=index, pacing=pacing, result=result)
+                self._follow(
+                    handle, index=index, pacing=pacing, result=result, reservation=reservation
+                )
                 try:
                     image = engine.run(handle, timeout=self.timeout)
                 except RateLimitError as exc:
@@ -399,8 +461,10 @@ class Batch:
         index: int | None = None,
         pacing: Pacing | None = None,
         result: BatchResult | None = None,
+        reservation: Reservation | None = None,
     ) -> None:
-        """Cancel the handle with the batch; record an item's create intent and job id."""
+        """Cancel the handle with the batch; record an item's create intent and job id (its
+        credit taken from ``reservation``)."""
         stop = self._stop
         linked = False
         self._handles.add(handle)
@@ -416,7 +480,7 @@ class Batch:
                 self.store.intend(self.key, index)
             elif handle.id is not None and not linked and handle.sent:
                 linked = True
-                self.store.link(self.key, index, handle.id)
+                self.store.link(self.key, index, handle.id, reservation=reservation)
                 if result is not None:
                     with self._lock:
                         result.created += 1

@@ -54,6 +54,8 @@ from .request import (
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from .batch_store import Reservation
+    from .client import Client
     from .history import History
 
 #: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
@@ -344,7 +346,22 @@ class Miragic(Magics, Configurable):
         client = self._resolve().client
         engine = client.engine
         history = engine.history or self._history()
-        budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
+        # Held in the store until the cell ends: a concurrent cell or batch sees these credits.
+        reservation = budget.reserve(history, len(requests), max_credits=self.max_credits)
+        with reservation:
+            return self._run_cell(args, client, history, requests, sweep_labels, quiet, reservation)
+
+    def _run_cell(
+        self,
+        args: argparse.Namespace,
+        client: Client,
+        history: History,
+        requests: list[GenerationRequest],
+        sweep_labels: list[str],
+        quiet: bool,
+        reservation: Reservation,
+    ) -> Any:
+        engine = client.engine
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
@@ -353,7 +370,7 @@ class Miragic(Magics, Configurable):
             except InvalidRequestError as exc:
                 raise UsageError(f"%%miragic: {exc.message}") from None
         slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
-        count = budget.counting(history)
+        count = budget.counting(history, reservation)
 
         def start(handle: JobHandle, workers: Workers) -> object:
             handle.subscribe(count)

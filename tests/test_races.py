@@ -45,7 +45,7 @@ def _same_batch(url: str, wait: float | None, barrier: Any, out: Any) -> None:
     from miragic_nb.client import Client
 
     prompts = [f"the same batch {i}" for i in range(4)]
-    options = {} if wait is None else {"wait": wait}
+    options: dict[str, Any] = {} if wait is None else {"wait": wait}
     _report(out, barrier, lambda: Client(KEY, url).generate_many(prompts, name="twice", **options))
 
 

@@ -51,6 +51,9 @@ log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
+#: How long a job waits for a busy store to record its id (or look up a saved result)
+#: before leaving the write to the background writer and going on.
+CREATED_WAIT_S = 1.0
 
 _T = TypeVar("_T")
 
@@ -362,7 +365,8 @@ class Engine:
         if handle.id is None:
             if handle.request is None:
                 raise ValueError("a job needs a request or an id")
-            saved = self._reused(handle.request) if reuse else None
+            wait = min(CREATED_WAIT_S, limit)
+            saved = self._reused(handle.request, wait=wait) if reuse else None
             if saved is not None:
                 handle.move(JobState.COMPLETED, result=saved)
                 return saved
@@ -405,7 +409,12 @@ class Engine:
                 raise
             recorded = _without_userinfo(request)
             base_url = self.client.base_url
-            self._record(lambda h: h.record_created(job.id, recorded, base_url=base_url))
+            # The id first, synced, unless the store cannot take it in a moment: then it waits
+            # in the background writer, and the job goes on (its deadline is the user's).
+            wait = min(CREATED_WAIT_S, max(deadline - time.monotonic(), 0.0))
+            self._record(
+                lambda h: h.record(h.created(job.id, recorded, base_url=base_url), wait=wait)
+            )
         handle.move(JobState.PENDING, job=job)
 
     def _finish(
@@ -434,7 +443,9 @@ class Engine:
             if error is exc:
                 raise
             raise error from exc
-        self._record(lambda h: h.record_result(image))
+        # Handed over first; the file and record are written by the background writer (the
+        # job id is durable already, and reads of this history wait for it).
+        self._record(lambda h: h.record(h.result(image)))
         return image
 
     def _image(
@@ -454,12 +465,13 @@ class Engine:
         image.info["miragic"] = info.as_dict()
         return image
 
-    def _reused(self, request: GenerationRequest) -> GeneratedImage | None:
-        """A saved result of exactly this request, labelled; None when there is none."""
+    def _reused(self, request: GenerationRequest, *, wait: float) -> GeneratedImage | None:
+        """A saved result of exactly this request, labelled; None when there is none (or
+        when the store is busy longer than ``wait``)."""
         if self.history is None or request.seed is None:
             return None
         try:
-            image = self.history.reuse(request, base_url=self.client.base_url)
+            image = self.history.reuse(request, base_url=self.client.base_url, wait=wait)
         except MiragicError as exc:  # an unreadable history must never stop a generation
             log.warning("could not look for a saved result: %s", exc)
             return None
@@ -480,7 +492,7 @@ class Engine:
             message = error.server_message
         elif state is JobState.FAILED and error is not None:
             message = str(error)
-        self._record(lambda h: h.record_status(job_id, status, error_message=message))
+        self._record(lambda h: h.record(h.status(job_id, status, error_message=message)))
 
     def _record(self, write: Callable[[History], object]) -> None:
         """Write to the history; whatever goes wrong there is logged and never replaces the

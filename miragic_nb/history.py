@@ -666,6 +666,7 @@ class _Writer:
             left = list(self._queue)
             self._queue.clear()
         spool = self.home / PENDING_WRITES
+        told: set[str] = set()
         for number, write in enumerate(left):
             try:
                 if write.image is not None:
@@ -674,7 +675,20 @@ class _Writer:
                 name = f"{time.time_ns():020d}-{number:04d}-{safe_stem(write.job_id)}.json"
                 text = json.dumps(write.saved_form(), default=str, ensure_ascii=False)
                 _write_file(spool / name, text.encode("utf-8", "backslashreplace"))
+                if write.job_id in told:
+                    continue
+                told.add(write.job_id)
+                log.warning(
+                    "the history in %s could not take job %s's record before the end; it "
+                    "waits in %s/ and is written the next time the history is opened",
+                    self.home,
+                    write.job_id,
+                    PENDING_WRITES,
+                )
             except OSError as exc:
+                if write.job_id in told:
+                    continue
+                told.add(write.job_id)
                 log.warning(
                     "job %s could not be recorded in the history in %s (%s); resume it by "
                     "id to record it",

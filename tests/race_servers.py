@@ -33,13 +33,16 @@ KEY = "sk-race-0123456789abcdef"
 class JobsApi:
     """Creates make jobs (``created`` counts them); each completes after ``job_seconds``."""
 
-    def __init__(self, *, job_seconds: float = 0.5, create_seconds: float = 0.0) -> None:
+    def __init__(
+        self, *, job_seconds: float = 0.5, create_seconds: float = 0.0, image: bytes | None = None
+    ) -> None:
         self.job_seconds = job_seconds
         self.create_seconds = create_seconds
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._started: dict[str, float] = {}
-        self._png = http_answer(200, image_bytes("PNG"), headers=[("Content-Type", "image/png")])
+        body = image_bytes("PNG") if image is None else image
+        self._png = http_answer(200, body, headers=[("Content-Type", "image/png")])
         self.server = HostileServer(self._route)
 
     @property
@@ -75,8 +78,10 @@ class JobsApi:
 
 
 @contextmanager
-def jobs_api(*, job_seconds: float = 0.5, create_seconds: float = 0.0) -> Iterator[JobsApi]:
-    api = JobsApi(job_seconds=job_seconds, create_seconds=create_seconds)
+def jobs_api(
+    *, job_seconds: float = 0.5, create_seconds: float = 0.0, image: bytes | None = None
+) -> Iterator[JobsApi]:
+    api = JobsApi(job_seconds=job_seconds, create_seconds=create_seconds, image=image)
     try:
         yield api
     finally:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from miragic_nb.batch_store import BatchStore
-from miragic_nb.history import History
+from miragic_nb._store.batches import BatchStore
+from miragic_nb._store.history import History
 
 from .race_servers import KEY, jobs_api
 

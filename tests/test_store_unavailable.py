@@ -26,15 +26,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import miragic_nb._store.history as history_module
+from miragic_nb._core.embedded import read_embedded_metadata
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._store.history import COMPLETED, PENDING_WRITES, History
 from miragic_nb.client import Client
-from miragic_nb.embedded import read_embedded_metadata
-from miragic_nb.history import COMPLETED, PENDING_WRITES, History
-from miragic_nb.request import GenerationRequest
 
 from .race_servers import KEY, jobs_api
 
-#: The module (``miragic_nb.history`` itself is the package's ``history()`` function).
-history_module = sys.modules[History.__module__]
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "http://127.0.0.1:9"
 
@@ -92,16 +91,16 @@ def test_a_locked_store_does_not_stop_the_result(tmp_path: Path) -> None:
     record = History(home).get(job_id)
     assert record is not None
     assert record.status == COMPLETED
-    assert record.path is not None and record.path.is_file()
+    assert record.path is not None
+    assert record.path.is_file()
     assert image.metadata["path"] == str(record.path)
 
 
 _CHILD = """
 import logging, sys
 from miragic_nb.client import Client
-from miragic_nb.history import History
-# The store stays held: give up on it soon at exit.
-sys.modules[History.__module__].EXIT_FLUSH_S = 0.5
+import miragic_nb._store.history as history
+history.EXIT_FLUSH_S = 0.5  # the store stays held: give up on it soon at exit
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 with Client(sys.argv[1], sys.argv[2]) as client:
     image = client.generate("the process ends first", timeout=5)
@@ -131,7 +130,8 @@ def test_writes_left_at_exit_are_written_by_the_next_open(tmp_path: Path) -> Non
     record = History(home).get(job_id)
     assert record is not None
     assert record.status == COMPLETED
-    assert record.path is not None and record.path.is_file()
+    assert record.path is not None
+    assert record.path.is_file()
     assert not list((home / PENDING_WRITES).glob("*.json"))
 
 
@@ -273,7 +273,8 @@ def test_metadata_is_stripped_outside_the_store(
             image = client.generate("forged comments")
     job_id = image.metadata["job_id"]
     record = History(home).get(job_id)
-    assert record is not None and record.path is not None
+    assert record is not None
+    assert record.path is not None
     assert others == ["wrote"]
     saved = record.path.read_bytes()
     assert read_embedded_metadata(saved) is not None

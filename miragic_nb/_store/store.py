@@ -21,6 +21,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -244,10 +245,19 @@ class Database:
             self.path, timeout=wait, isolation_level=None, check_same_thread=False
         )
         try:
-            # Read before anything is written: a newer or foreign file stays as it is.
-            version = self._version(connection)
-            if version < SCHEMA_VERSION:
-                self._upgrade(connection)
+            give_up = time.monotonic() + wait
+            while True:
+                try:
+                    # Read before anything is written: a newer or foreign file stays as it is.
+                    if self._version(connection) < SCHEMA_VERSION:
+                        self._upgrade(connection)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Processes creating the file at once: SQLite may refuse the switch to WAL
+                    # at once instead of waiting. Try again within the caller's wait.
+                    if "locked" not in str(exc) or time.monotonic() >= give_up:
+                        raise
+                    time.sleep(0.05)
             # A job id must survive a power cut too, not only a killed process: sync on commit.
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

@@ -110,7 +110,8 @@ def test_two_batches_at_once_keep_to_the_session_budget(home: Path) -> None:
 
 
 def test_one_batch_run_twice_at_once_pays_once_and_names_the_holder(home: Path) -> None:
-    with jobs_api(job_seconds=0.5) as api:
+    # Jobs long enough that the second run asks for the lease while the first holds it.
+    with jobs_api(job_seconds=2.0) as api:
         outcomes = _race(_same_batch, [(api.url, None), (api.url, None)])
         created = api.created
     assert created == 4, (created, outcomes)

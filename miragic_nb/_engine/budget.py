@@ -17,6 +17,8 @@ import sys
 from miragic_nb._core.errors import BudgetExceededError
 from miragic_nb._engine.engine import JobHandle, Listener
 from miragic_nb._store.batches import BatchStore, Reservation
+
+__all__ = ["Reservation", "check_session", "counting", "reserve", "session_limit"]
 from miragic_nb._store.history import History
 
 

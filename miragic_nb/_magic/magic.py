@@ -53,8 +53,8 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from miragic_nb import session as builtin
+    from miragic_nb._engine.budget import Reservation
     from miragic_nb._engine.engine import Cancellation, JobHandle, Workers
-    from miragic_nb._store.batches import Reservation
     from miragic_nb._store.history import History
     from miragic_nb._views.progress import JobProgress
     from miragic_nb.client import Client

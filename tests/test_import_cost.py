@@ -70,7 +70,9 @@ def test_load_ext_loads_only_the_magic_and_its_parser() -> None:
     assert "miragic_nb" in loaded
     assert loaded.isdisjoint(NOT_AT_LOAD_EXT), sorted(loaded.intersection(NOT_AT_LOAD_EXT))
     inside = modules_inside_after(_LOAD_EXT)
-    assert not any(name.startswith(("miragic_nb._engine", "miragic_nb._store")) for name in inside)
+    heavy_inside = ("miragic_nb._engine.engine", "miragic_nb._store", "miragic_nb._api")
+    assert not any(name.startswith(heavy_inside) for name in inside), sorted(inside)
+    assert "miragic_nb.client" not in inside
 
 
 def test_the_first_cell_loads_what_it_needs_and_keeps_jpeg_out(tmp_path: Path) -> None:

@@ -1,46 +1,77 @@
 """The session's credit budget (``%config Miragic.max_credits = N``), kept in the ledger.
 
-Every job a kernel session creates is counted in the store's ledger (``batch_store``), so
-the count is the same whichever face created it and survives nothing but the session. A
-cell or a batch that could take the session past its budget is refused before any request.
+Every job the engine creates in this process is counted in the store's ledger
+(``_store.batches``), whichever face asked for it: a cell, the panel, ``generate``,
+``agenerate``, a batch. The engine asks ``refusal`` before each create, so the cap holds for
+every face; a cell or a batch that could take the session past it is refused whole, before
+any request (``check_session``). Jobs on the built-in emulator cost nothing and are not counted.
 
-``reserve`` is the one way to spend: it checks the budget and holds the credits in one store
-transaction, so concurrent cells, batches and processes sharing the session cannot all pass
-the check for the same credit. Each create then spends one held credit (``counting``, or
-``BatchStore.link``), and whatever is left is released when the work ends.
+Checking and spending are one store transaction, so concurrent cells, batches, threads and
+processes sharing the session cannot all pass the check for the same credit: ``reserve``
+counts the spent and held credits and holds ``n`` more in one ``BEGIN IMMEDIATE``; each create
+spends one held credit (the engine, through ``JobHandle.reservation`` or a reservation of its
+own), and whatever is left is released when the work ends.
 """
 
 from __future__ import annotations
 
-import sys
+import threading
+from typing import TYPE_CHECKING
 
 from miragic_nb._core.errors import BudgetExceededError
-from miragic_nb._engine.engine import JobHandle, Listener
-from miragic_nb._store.batches import BatchStore, Reservation
 
-__all__ = ["Reservation", "check_session", "counting", "reserve", "session_limit"]
-from miragic_nb._store.history import History
+if TYPE_CHECKING:
+    # The store loads with the first job, not with %load_ext (which sets the limit).
+    from miragic_nb._store.batches import Reservation
+    from miragic_nb._store.history import History
+
+__all__ = [
+    "Reservation",
+    "check_session",
+    "refusal",
+    "reserve",
+    "session_limit",
+    "set_session_limit",
+    "spend",
+]
+
+_lock = threading.Lock()
+_limit: int | None = None
 
 
-def check_session(history: History, *, planned: int, max_credits: int | None) -> None:
+def set_session_limit(limit: int | None) -> None:
+    """The credits this process may spend (None: no limit); the session sets it from
+    ``%config Miragic.max_credits``."""
+    global _limit
+    with _lock:
+        _limit = limit
+
+
+def session_limit() -> int | None:
+    """The credits this process may spend, if a limit is set."""
+    with _lock:
+        return _limit
+
+
+def check_session(history: History | None, *, planned: int, max_credits: int | None) -> None:
     """Refuse (one line, nothing sent) ``planned`` more jobs past the session's budget."""
-    if max_credits is None:
-        return
-    ledger = BatchStore(history)
-    spent = ledger.spent() + ledger.held()
-    if spent + planned > max_credits:
-        raise BudgetExceededError(
-            f"session budget reached: {spent} of Miragic.max_credits = {max_credits} credits "
-            f"spent, and this needs up to {planned} more; nothing was sent "
-            f"(raise it with %config Miragic.max_credits = {spent + planned})",
-            needed=spent + planned,
-            allowed=max_credits,
-        )
+    error = _over(history, planned=planned, max_credits=max_credits)
+    if error is not None:
+        raise error
+
+
+def refusal(history: History | None, *, emulator: bool) -> BudgetExceededError | None:
+    """The error one more job would end in under the session's budget; None when it may go."""
+    if emulator:
+        return None
+    return _over(history, planned=1, max_credits=session_limit())
 
 
 def reserve(history: History, credits: int, *, max_credits: int | None) -> Reservation:
     """Hold ``credits`` of the session's budget in the store, or refuse in one line (nothing
     sent). Use it as a context manager, or ``release()`` it when the work ends."""
+    from miragic_nb._store.batches import BatchStore
+
     try:
         return BatchStore(history).reserve(credits, limit=max_credits)
     except BudgetExceededError as exc:
@@ -54,27 +85,38 @@ def reserve(history: History, credits: int, *, max_credits: int | None) -> Reser
         ) from None
 
 
-def session_limit() -> int | None:
-    """``Miragic.max_credits`` of the IPython shell running this code, if the extension is
-    loaded there (so a batch in a notebook keeps to the same budget as its cells)."""
-    ipython = sys.modules.get("IPython")  # never imported here: a script has no session budget
-    shell = None if ipython is None else ipython.get_ipython()
-    for configurable in getattr(shell, "configurables", []):
-        if type(configurable).__name__ == "Miragic":
-            limit = getattr(configurable, "max_credits", None)
-            return limit if isinstance(limit, int) else None
-    return None
+def spend(
+    history: History | None,
+    job_id: str,
+    *,
+    emulator: bool,
+    reservation: Reservation | None = None,
+    wait: float | None = None,
+) -> None:
+    """Count a created job's credit in the ledger (the emulator's cost nothing), taken from
+    ``reservation`` when there is one; ``wait`` bounds the wait for a busy store."""
+    if history is not None and not emulator:
+        from miragic_nb._store.batches import BatchStore
+
+        BatchStore(history).spend(job_id, reservation=reservation, wait=wait)
 
 
-def counting(history: History, reservation: Reservation | None = None) -> Listener:
-    """A handle listener that counts the job's credit in the ledger once its id is known
-    (taken from ``reservation`` when given)."""
-    ledger = BatchStore(history)
-    counted: set[int] = set()
+def _over(
+    history: History | None, *, planned: int, max_credits: int | None
+) -> BudgetExceededError | None:
+    if max_credits is None:
+        return None
+    from miragic_nb._store.batches import BatchStore
 
-    def listener(handle: JobHandle) -> None:
-        if handle.id is not None and handle.sent and id(handle) not in counted:
-            counted.add(id(handle))
-            ledger.spend(handle.id, reservation=reservation)
-
-    return listener
+    ledger = None if history is None else BatchStore(history)
+    # Credits held by work on its way count as spent: they are about to be.
+    spent = 0 if ledger is None else ledger.spent() + ledger.held()
+    if spent + planned <= max_credits:
+        return None
+    return BudgetExceededError(
+        f"session budget reached: {spent} of Miragic.max_credits = {max_credits} credits "
+        f"spent, and this needs up to {planned} more; nothing was sent "
+        f"(raise it with %config Miragic.max_credits = {spent + planned})",
+        needed=spent + planned,
+        allowed=max_credits,
+    )

@@ -141,10 +141,12 @@ class BatchStore:
 
     # -- the ledger --------------------------------------------------------------------------
 
-    def spend(self, job_id: str, *, reservation: Reservation | None = None) -> None:
+    def spend(
+        self, job_id: str, *, reservation: Reservation | None = None, wait: float | None = None
+    ) -> None:
         """Count one credit spent by this session (a job created outside a batch), taken from
-        ``reservation`` when given."""
-        with self._database.writing() as connection:
+        ``reservation`` when given; ``wait`` bounds the wait for a busy store."""
+        with self._database.writing(wait=wait) as connection:
             _spend(connection, job_id, store.now(), reservation)
 
     def spent(self, session: str = SESSION) -> int:

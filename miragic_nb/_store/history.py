@@ -53,20 +53,14 @@ from miragic_nb._core.errors import (
 )
 from miragic_nb._core.filenames import is_plain_name, safe_stem
 from miragic_nb._core.request import FLAGS, GenerationRequest
+from miragic_nb._core.states import COMPLETED, FAILED, PENDING
 from miragic_nb._store import legacy, store
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
 
 __all__ = [
-    "CANCELLED",
-    "COMPLETED",
-    "ERROR",
-    "FAILED",
     "METADATA_KEY",
-    "PENDING",
-    "STATUSES",
-    "TIMEOUT",
     "History",
     "HistoryRecord",
     "StatusEvent",
@@ -85,17 +79,6 @@ log = logging.getLogger("miragic_nb")
 ENV_HOME = "MIRAGIC_HOME"
 APP_NAME = "miragic-nb"
 
-PENDING = "PENDING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-#: We stopped waiting; the job may still finish on the server (and be resumed).
-TIMEOUT = "TIMEOUT"
-#: The user stopped the wait (kernel interrupt, Cancel button).
-CANCELLED = "CANCELLED"
-#: Anything else that ended the wait: a download or decoding failure, a connection error.
-ERROR = "ERROR"
-#: Every status a record can have.
-STATUSES = (PENDING, COMPLETED, FAILED, TIMEOUT, CANCELLED, ERROR)
 
 #: Writes this process could not make before it ended, replayed by the next open.
 PENDING_WRITES = "pending-writes"
@@ -233,10 +216,19 @@ class History:
     # next open to replay. So a locked, full or read-only store never stops a result.
 
     def record_created(
-        self, job_id: str, request: GenerationRequest, *, base_url: str
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        *,
+        base_url: str,
+        identity: str | None = None,
     ) -> HistoryRecord:
-        """Record a job the moment the create call returns, before any waiting."""
-        return self._apply(self.created(job_id, request, base_url=base_url))
+        """Record a job the moment the create call returns, before any waiting.
+
+        ``identity`` names the server for reuse when its URL is not stable (the built-in
+        emulator listens on a new port in every process); default: ``base_url``.
+        """
+        return self._apply(self.created(job_id, request, base_url=base_url, identity=identity))
 
     def record_result(self, image: GeneratedImage) -> HistoryRecord:
         """Save a completed result (image file, then record).
@@ -251,12 +243,20 @@ class History:
         """Record a failure, timeout, cancellation (or any other status) of a job."""
         return self._apply(self.status(job_id, status, error_message=error_message))
 
-    def created(self, job_id: str, request: GenerationRequest, *, base_url: str) -> PendingWrite:
-        """The write that records a created job (``PENDING``)."""
+    def created(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        *,
+        base_url: str,
+        identity: str | None = None,
+    ) -> PendingWrite:
+        """The write that records a created job (``PENDING``); ``identity`` as in
+        ``record_created``."""
         fields = {
             **request.describe(),
             "base_url": _clean_base_url(base_url),
-            "reuse_key": reuse_key(request, base_url=base_url),
+            "reuse_key": reuse_key(request, base_url=identity or base_url),
         }
         return PendingWrite(_check_job_id(job_id), "created", fields)
 

@@ -166,3 +166,42 @@ def test_credits_held_by_a_process_that_died_are_given_back(home: Path) -> None:
 def _reserve_and_die() -> None:
     BatchStore(History()).reserve(3, limit=4)
     os._exit(0)
+
+
+def _generate_twice(url: str, barrier: Any, out: Any) -> None:
+    """Two threads of one process calling ``Client.generate`` under a cap of 2 credits."""
+    import threading
+
+    from miragic_nb import session
+    from miragic_nb.client import Client
+
+    session.set_credit_cap(2)
+    client = Client(KEY, url)
+    kinds: list[str] = []
+
+    def one() -> None:
+        try:
+            client.generate("under the cap", timeout=30)
+            kinds.append("")
+        except Exception as exc:
+            kinds.append(type(exc).__name__)
+
+    barrier.wait(30)
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    out.put((os.getpid(), ",".join(sorted(kinds)), ""))
+
+
+def test_single_jobs_from_two_processes_keep_to_the_cap(home: Path) -> None:
+    # Four generate() calls at once (two processes, two threads each), a cap of 2: the
+    # engine's check and the spend are one store transaction, so exactly 2 jobs are made.
+    with jobs_api(job_seconds=0.2, create_seconds=0.3) as api:
+        outcomes = _race(_generate_twice, [(api.url,), (api.url,)])
+        created = api.created
+    kinds = sorted(kind for _, joined, _ in outcomes for kind in joined.split(","))
+    assert created == 2, (created, outcomes)
+    assert kinds == ["", "", "BudgetExceededError", "BudgetExceededError"], outcomes
+    assert BatchStore(History(home)).held() == 0

@@ -276,12 +276,13 @@ class Reservation:
 
     def release(self) -> None:
         """Give back every credit still held (idempotent)."""
-        with self._lock:
-            if self.held <= 0:
-                return
-            with self._database.writing() as connection:
+        if self.held <= 0:
+            return
+        # The store first, then this object's lock: the order a spend takes them in.
+        with self._database.writing() as connection, self._lock:
+            if self.held > 0:
                 connection.execute("DELETE FROM reservations WHERE id = ?", (self._row,))
-            self.held = 0
+                self.held = 0
 
     def _take_one(self, connection: sqlite3.Connection) -> None:
         with self._lock:

@@ -14,10 +14,12 @@ import multiprocessing
 import os
 import random
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +31,8 @@ from PIL import Image
 import miragic_nb._store.history as history_module
 from miragic_nb._core.embedded import read_embedded_metadata
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._store.history import COMPLETED, PENDING_WRITES, History
+from miragic_nb._core.states import COMPLETED
+from miragic_nb._store.history import PENDING_WRITES, History
 from miragic_nb.client import Client
 
 from .race_servers import KEY, jobs_api
@@ -215,12 +218,14 @@ def _generate_as_another_user(url: str, home: str, out: Any) -> None:
         out.put(("", (0, 0), [repr(exc)]))
 
 
-def test_a_read_only_home_returns_the_image_and_says_so_once(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_a_read_only_home_returns_the_image_and_says_so_once() -> None:
+    # A home another user can read but not write (pytest's own temp dirs are private to it).
+    base = Path(tempfile.mkdtemp(prefix="miragic-read-only-"))
+    base.chmod(0o755)
+    home = base / "home"
     database = existing_history(home)
-    for path in (home, database):
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    tmp_path.chmod(0o755)
+    home.chmod(0o555)
+    database.chmod(0o444)
     out = _fork.Queue()
     try:
         with jobs_api(job_seconds=0.2) as api:
@@ -228,14 +233,17 @@ def test_a_read_only_home_returns_the_image_and_says_so_once(tmp_path: Path) -> 
             child.start()
             job_id, size, told = out.get(timeout=60)
             child.join(30)
-    finally:
         home.chmod(0o755)
         database.chmod(0o644)
+        record = History(home).get(job_id) if job_id else None
+    finally:
+        home.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
     assert job_id, told
     assert size == (64, 48)
     assert len(told) == 1, told
     assert "could not write the job history" in told[0]
-    record = History(home).get(job_id)
+    assert "readonly" in told[0] or "read-only" in told[0]
     assert record is None or record.status != "PENDING"
 
 

@@ -50,7 +50,7 @@ from miragic_nb._engine.group import (
     Member,
 )
 from miragic_nb._engine.pacing import Pacing, check_concurrency
-from miragic_nb._store.batches import BatchStore, ItemRecord
+from miragic_nb._store.batches import BatchStore, ItemRecord, Reservation
 from miragic_nb._store.history import _load
 
 if TYPE_CHECKING:
@@ -212,12 +212,22 @@ class Batch:
         concurrency: int | str = "auto",
         timeout: float | None = None,
         retry_uncertain: bool = False,
+        session_credits: int | None = None,
+        wait: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests_of(items)
         self.fixed_concurrency = check_concurrency(concurrency)
         self.timeout = None if timeout is None else config.check_timeout(timeout)
         self.retry_uncertain = retry_uncertain
+        #: The session's credit budget the batch's creates are reserved against (None: none).
+        self.session_credits = session_credits
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise InvalidRequestError(
+                f"wait must be a number of seconds ≥ 0, got {wait!r}", field="wait"
+            )
+        #: How long a run waits for another run of the same batch before refusing.
+        self.wait = float(wait)
         history = engine.history
         if history is None:
             raise InvalidRequestError(
@@ -309,9 +319,55 @@ class Batch:
         Ctrl-C stops the batch (``GroupInterrupted``, its ``result`` the partial one, in
         ``face``'s words); a rerun picks it up. Creates already on the wire get ``grace``
         seconds to bring back their job ids first.
+
+        The run holds the batch's lease (a second run of it waits ``wait`` seconds, then is
+        refused with ``BatchBusyError``), plans again under it (another run may have made
+        items meanwhile), and reserves its creates' credits before the first is sent.
         """
-        if plan.fresh:
-            self.store.forget(self.key)
+        with self.store.lease(self.key, wait=self.wait):
+            current = plan if plan.fresh else self.plan()
+            if not set(current.to_create) <= set(plan.to_create):
+                raise BudgetExceededError(
+                    f"another run of this batch ended while this one waited, and it now "
+                    f"needs {current.credits} credits, not the {plan.credits} planned; nothing "
+                    "was sent: plan it again",
+                    needed=current.credits,
+                    allowed=plan.credits,
+                )
+            if plan.fresh:
+                self.store.forget(self.key)
+            reservation = None
+            if current.credits and not self.engine.emulator:  # the emulator's cost nothing
+                from miragic_nb._engine.budget import reserve
+
+                reservation = reserve(
+                    self.history, current.credits, max_credits=self.session_credits
+                )
+            try:
+                return self._run(
+                    current,
+                    reservation,
+                    keep_images=keep_images,
+                    on_item=on_item,
+                    on_change=on_change,
+                    face=face,
+                    grace=grace,
+                )
+            finally:
+                if reservation is not None:
+                    reservation.release()
+
+    def _run(
+        self,
+        plan: Plan,
+        reservation: Reservation | None,
+        *,
+        keep_images: bool,
+        on_item: ItemSink | None,
+        on_change: Callable[[BatchCounts], None] | None,
+        face: Face,
+        grace: float,
+    ) -> BatchResult:
         result = BatchResult([None] * plan.items, plan)
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
@@ -371,6 +427,8 @@ class Batch:
             work=drive,
             grace=grace,
         )
+        # The engine spends each created job's credit from the batch's reservation.
+        group.reservation = reservation
         for index, job_id in work:
             group.add(self.requests[index], job_id=job_id)
 

@@ -13,9 +13,8 @@ and nowhere else:
   failed, cancelled, never sent, interrupted, timed out), and the stop summary in the face's
   own words (``Face``: ``%miragic resume ID``, ``client.resume("ID")``, "rerun the same
   command");
-- **the budget**: ``check_budget`` refuses the whole group, before any request, when its jobs
-  could take the session past its credit cap (``budget.check_session``; the engine still asks
-  before each create and counts each job it makes);
+- **the budget**: the credits a face reserved for the group (``reservation``, held in the
+  store) go to each job's handle, and the engine spends each create's from them;
 - **the input picture**: ``resolve_image_input`` resolves it once for every job.
 
 Faces subscribe and render; they decide nothing. ``run`` blocks in the calling thread (the
@@ -49,6 +48,7 @@ from miragic_nb._engine.engine import (
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
     from miragic_nb._core.request import GenerationRequest
+    from miragic_nb._engine.budget import Reservation
 
 #: Seconds between ticks while no job reports anything (a face keeps its elapsed time moving).
 TICK_SECONDS = 0.25
@@ -255,6 +255,8 @@ class Member:
         return self.handle
 
     def _attach(self, handle: JobHandle) -> None:
+        # The engine spends a created job's credit from the group's reservation, if any.
+        handle.reservation = self.group.reservation
         for listener in self.group._handle_listeners:
             handle.subscribe(listener)
         handle.subscribe(lambda _: self.group._post(self))
@@ -289,6 +291,9 @@ class Group:
         self.members: list[Member] = []
         #: How the group was stopped (``interrupted`` or ``cancelled``), None while it runs.
         self.stopped: JobState | None = None
+        #: Credits held in the store for the group's creates (a cell's, a batch's): the
+        #: engine spends each job's from it instead of reserving its own.
+        self.reservation: Reservation | None = None
         self._concurrency = concurrency
         self._gate = gate
         self._workers = workers
@@ -322,17 +327,6 @@ class Group:
         self._handle_listeners.append(listener)
         for member in self.members:
             member.handle.subscribe(listener)
-
-    def check_budget(self, max_credits: int | None) -> None:
-        """Refuse the whole group (``BudgetExceededError``, nothing sent) when its new jobs
-        could take the session past ``max_credits``; the engine still asks before each create,
-        and counts each job it makes. The built-in emulator's jobs cost nothing."""
-        from miragic_nb._engine.budget import check_session
-
-        if self.engine.emulator:
-            return
-        planned = sum(1 for m in self.members if m.job_id is None)
-        check_session(self.engine.history, planned=planned, max_credits=max_credits)
 
     def resolve_image_input(self, value: object, resolve: Callable[[object], str | None]) -> None:
         """Resolve the group's input picture once for every job (one status read or one
@@ -472,6 +466,7 @@ class Group:
                 gate.leave()
 
         member._started = True
+        member.handle.reservation = self.reservation  # set once the face has reserved
         member.future = self._workers_now().submit(job)
         member.future.add_done_callback(lambda _: self._post(member))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -41,20 +42,19 @@ from miragic_nb._core.request import (
     GenerationRequest,
     parse_decimal,
 )
-from miragic_nb._core.states import JobState
-from miragic_nb._engine.engine import CancelledBeforeStart, Engine
-from miragic_nb._engine.group import MAGIC, Group, GroupInterrupted, Member, may_still_finish
-from miragic_nb._engine.image_inputs import held_value, restore_held_names, url_to_check
 from miragic_nb._magic import sweeps
 from miragic_nb._magic.arguments import seconds, variable_name
-from miragic_nb._views.gallery import ImageGrid
-from miragic_nb._views.progress import JobProgress, make_progress
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from miragic_nb import History
     from miragic_nb._core.images import GeneratedImage
+    from miragic_nb._engine.budget import Reservation
+    from miragic_nb._engine.engine import Engine
+    from miragic_nb._engine.group import Group, Member
+    from miragic_nb._views.progress import JobProgress
+    from miragic_nb.client import Client
 
 #: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
 #: at most ``Miragic.max_concurrency`` at a time.
@@ -82,11 +82,16 @@ def _slot_error(slot: _Slot) -> BaseException:
         return RuntimeError("the job was never started")
     if end.error is not None:
         return end.error
+    from miragic_nb._engine.engine import CancelledBeforeStart
+    from miragic_nb._engine.group import MAGIC
+
     return CancelledBeforeStart(end.text(MAGIC))
 
 
 def _slot_text(slot: _Slot) -> str:
     """How a slot's job ended, in one line of the magic's words."""
+    from miragic_nb._engine.group import MAGIC
+
     end = slot.member.end if slot.member is not None else None
     return "not started" if end is None else end.text(MAGIC)
 
@@ -302,6 +307,10 @@ class Miragic(Magics, Configurable):
     # -- %%miragic -------------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> Any:
+        # The engine, the store, requests and Pillow load with the first cell, not at %load_ext.
+        from miragic_nb._engine import budget
+        from miragic_nb._engine.image_inputs import restore_held_names
+
         try:
             args = _parse_argstring(self.miragic, restore_held_names(line, self._namespace()))
         except UsageError as exc:
@@ -321,9 +330,34 @@ class Miragic(Magics, Configurable):
             return None
         client = self._resolve().client
         engine = client.engine
+        history = engine.history
+        reservation = None
+        if not engine.emulator and history is not None:  # the built-in emulator's cost nothing
+            # Held in the store until the cell ends: concurrent cells, batches and other
+            # processes of this session see them, and the engine spends them job by job.
+            reservation = budget.reserve(history, len(requests), max_credits=self.max_credits)
+        try:
+            return self._run_cell(args, client, requests, sweep_labels, quiet, reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    def _run_cell(
+        self,
+        args: argparse.Namespace,
+        client: Client,
+        requests: list[GenerationRequest],
+        sweep_labels: list[str],
+        quiet: bool,
+        reservation: Reservation | None,
+    ) -> Any:
+        from miragic_nb._engine.image_inputs import held_value
+
+        engine = client.engine
         slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
         group = self._group(slots, engine, timeout=args.timeout, reuse=not args.fresh)
-        group.check_budget(self.max_credits)
+        # The engine spends each job's credit from the cell's reservation.
+        group.reservation = reservation
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
@@ -359,6 +393,8 @@ class Miragic(Magics, Configurable):
                 f"%%miragic: {len(variants)} prompts × {len(seeds)} seeds × {len(models)} models "
                 f"is {jobs} jobs; at most {MAX_JOBS} per cell"
             )
+        from miragic_nb._engine.image_inputs import url_to_check
+
         requests, labels = [], []
         try:
             # Seed-major order: with a model list, each grid row is one seed, each column a model.
@@ -421,6 +457,8 @@ class Miragic(Magics, Configurable):
         reuse: bool = True,
     ) -> Group:
         """The cell's jobs as one group on the engine: this cell's concurrency and timeout."""
+        from miragic_nb._engine.group import MAGIC, Group
+
         group = Group(
             engine,
             concurrency=min(len(slots), self.max_concurrency),
@@ -439,6 +477,8 @@ class Miragic(Magics, Configurable):
         Ctrl-C (kernel interrupt) fails the cell with the stop's resume lines and nothing else
         (``short_errors = False`` shows the traceback too).
         """
+        from miragic_nb._engine.group import GroupInterrupted
+
         by_member = {id(slot.member): slot for slot in slots}
         for slot in slots:
             slot.progress.show()
@@ -479,6 +519,8 @@ class Miragic(Magics, Configurable):
             # The row says what happened; the cell's error line alone says how to resume.
             slot.progress.fail(_one_line(end.error) if end.error else end.state.words)
         else:
+            from miragic_nb._engine.group import MAGIC
+
             slot.progress.stop(end.state.words, end.detail(MAGIC))
 
     # -- results ---------------------------------------------------------------------------
@@ -490,6 +532,8 @@ class Miragic(Magics, Configurable):
         if len(slots) == 1:
             result = images[0] if images else None
         else:
+            from miragic_nb._views.gallery import ImageGrid
+
             labels = [s.label for s in slots if s.result is not None]
             result = ImageGrid(images, labels=labels, columns=columns)
         if out and (images or len(slots) > 1):
@@ -510,6 +554,8 @@ class Miragic(Magics, Configurable):
         if all(end.is_failure for end in ends):
             lines = [f"{len(failed)} of {total} jobs failed:"]
         else:  # a timeout or a stop is not a failure: say which is which
+            from miragic_nb._core.states import JobState
+
             states = sorted({end.state for end in ends}, key=list(JobState).index)
             how = ", ".join(
                 f"{sum(1 for end in ends if end.state is state)} {state.words}" for state in states
@@ -520,6 +566,8 @@ class Miragic(Magics, Configurable):
         return self._shorten(failure, lines=lines) if self.short_errors else failure
 
     def _resume_hint(self, exc: BaseException) -> str:
+        from miragic_nb._engine.group import MAGIC, may_still_finish
+
         job_id = getattr(exc, "job_id", None)
         if not job_id or not may_still_finish(exc):
             return ""
@@ -580,6 +628,8 @@ class Miragic(Magics, Configurable):
         return builtin.history(self.settings())
 
     def _make_progress(self, label: str, *, many: bool) -> JobProgress:
+        from miragic_nb._views.progress import make_progress
+
         widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
         # Several text lines rewritten with \r would overwrite each other: print changes instead.
         return make_progress(label, widgets=widgets, rewrite=False if many else None)
@@ -647,7 +697,9 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     builtin.attach(magic.settings, max_credits=magic.max_credits)
     # IPython asks Pillow for PNG *and* JPEG, so every crop, thumbnail or blend of a result
     # would be stored twice, once lossily. Frontends prefer the PNG: keep only that.
-    _pil_jpeg_formatter(ipython).for_type(_pil_image_class(), _no_jpeg)
+    # By name: the printer waits until Pillow is imported (by the first result), so
+    # %load_ext does not import Pillow.
+    _pil_jpeg_formatter(ipython).for_type_by_name(*_PIL_IMAGE, _no_jpeg)
 
 
 def _no_jpeg(image: Any) -> None:
@@ -659,10 +711,8 @@ def _pil_jpeg_formatter(ipython: InteractiveShell) -> Any:
     return formatter.formatters["image/jpeg"]
 
 
-def _pil_image_class() -> type:
-    from PIL import Image
-
-    return Image.Image
+#: (module, name) of Pillow's image class.
+_PIL_IMAGE = ("PIL.Image", "Image")
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
@@ -676,9 +726,13 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
         manager.magics[kind].pop("miragic", None)
     manager.registry.pop("Miragic", None)
     jpeg = _pil_jpeg_formatter(ipython)
+    printer = jpeg.deferred_printers.get(_PIL_IMAGE)
+    pil = sys.modules.get(_PIL_IMAGE[0])  # never imported here: only if a result did
+    if printer is None and pil is not None:
+        printer = jpeg.type_printers.get(getattr(pil, _PIL_IMAGE[1]))
     # By name, like the magics above: %reload_ext leaves the older module's function behind.
-    if getattr(jpeg.type_printers.get(_pil_image_class()), "__name__", "") == _no_jpeg.__name__:
-        jpeg.pop(_pil_image_class())
+    if getattr(printer, "__name__", "") == _no_jpeg.__name__:
+        jpeg.pop(".".join(_PIL_IMAGE))
 
 
 __all__ = ["Miragic", "load_ipython_extension", "unload_ipython_extension"]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from miragic_nb._core import config, context
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError, MiragicError, server_text
-from miragic_nb._core.interrupts import deferred_interrupt
+from miragic_nb._core.interrupts import deferred_interrupt, start_without_ctrl_c
 from miragic_nb._core.jobs import Job, check_job_id
 from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
@@ -241,7 +241,7 @@ class Workers:
         with self._lock:
             self._running.add(future)
         future.add_done_callback(self._forget)
-        threading.Thread(target=run, name="miragic-job", daemon=True).start()
+        start_without_ctrl_c(threading.Thread(target=run, name="miragic-job", daemon=True))
         return future
 
     def shutdown(self) -> None:

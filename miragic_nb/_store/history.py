@@ -52,6 +52,7 @@ from miragic_nb._core.errors import (
     InvalidRequestError,
 )
 from miragic_nb._core.filenames import is_plain_name, safe_stem
+from miragic_nb._core.interrupts import start_without_ctrl_c
 from miragic_nb._core.request import FLAGS, GenerationRequest
 from miragic_nb._core.states import COMPLETED, FAILED, PENDING
 from miragic_nb._store import legacy, store
@@ -602,7 +603,7 @@ class _Writer:
                 self._thread = threading.Thread(
                     target=self._run, name="miragic-history", daemon=True
                 )
-                self._thread.start()
+                start_without_ctrl_c(self._thread)
             self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:

@@ -38,7 +38,7 @@ from miragic_nb._core.jobs import Job, check_job_id
 from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
 from miragic_nb._core.states import JobState, store_status
-from miragic_nb._core.urls import strip_userinfo
+from miragic_nb._core.urls import BUILTIN_EMULATOR, strip_userinfo
 from miragic_nb._engine import budget
 from miragic_nb._engine.port import APIPort
 
@@ -52,8 +52,6 @@ log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
-#: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
-BUILTIN_EMULATOR = "builtin-emulator:"
 
 _T = TypeVar("_T")
 

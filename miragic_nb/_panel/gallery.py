@@ -52,7 +52,7 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
         self.select_button = _card_button("eye", "Show this result above")
         self.use_button = _card_button(
             "arrow-right",
-            "Use as input: switch to kontext with this result's URL as the input image",
+            "Use as input: switch to kontext with this result in the Image field",
         )
         self.save_button = _card_button(
             "download", "Save the original file, with the prompt and parameters embedded"
@@ -122,7 +122,7 @@ class SelectedResult(widgets.HBox):  # type: ignore[misc]
             icon="arrow-right",
             disabled=True,
             layout=widgets.Layout(width="auto"),
-            tooltip="Switch to kontext with this result's URL as the input image",
+            tooltip="Switch to kontext with this result in the Image field",
         )
         self.save_path = widgets.Text(
             placeholder="file or folder (default: miragic-<job>.<ext> here)",

@@ -38,7 +38,7 @@ import ipywidgets as widgets
 from miragic_nb._core.errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from miragic_nb._core.states import JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Workers, on_loop
-from miragic_nb._panel.form import SIZE_PRESETS, PanelForm
+from miragic_nb._panel.form import IMAGE_FIELD, SIZE_PRESETS, PanelForm, in_field_words
 from miragic_nb._panel.gallery import Gallery, ResultCard, SelectedResult, thumbnail_jpeg
 from miragic_nb._panel.jobs import JobRows, PanelJob, cancel_message
 from miragic_nb._panel.saving import save_result
@@ -132,6 +132,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.size_preset, self.width, self.height = form.size_preset, form.width, form.height
         self.seed = form.seed
         self.image_url, self.image_url_hint = form.image_url, form.image_url_hint
+        self.image_preview, self.image_note = form.image_preview, form.image_note
         #: Per-field error messages, shown next to the field; keys: prompt, size, seed,
         #: image_url, model.
         self.errors = form.errors
@@ -197,7 +198,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 request = replace(request, image_url=url)
         except MiragicError as exc:
             if isinstance(exc, InvalidRequestError) and exc.field == "image_url":
-                self._show_field_problems({"image_url": exc.message})
+                self._show_field_problems({"image_url": in_field_words(exc.message)})
             else:
                 self._show_error(exc)
             return None
@@ -241,8 +242,8 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.form.use_as_input(image, url)
         self._show_status(
             MUTED_STYLE,
-            "Model set to kontext with the result as input image; edit the prompt to say what "
-            "to change, then Generate.",
+            f"Model set to kontext with the result in the {IMAGE_FIELD} field; edit the prompt "
+            "to say what to change, then Generate.",
         )
 
     def save(self, image: GeneratedImage | None = None, path: str | Path | None = None) -> Path:

@@ -364,7 +364,7 @@ class Miragic(Magics, Configurable):
                 value = held_value(args.image_url, self._namespace())
                 group.resolve_image_input(value, client.resolve_image_url)
             except InvalidRequestError as exc:
-                raise UsageError(f"%%miragic: {exc.message}") from None
+                raise UsageError(f"%%miragic: {flag_words(exc.message)}") from None
         self._run(slots, group)
         return self._finish(slots, args.out, quiet, columns=self._columns(requests, sweep_labels))
 
@@ -415,7 +415,7 @@ class Miragic(Magics, Configurable):
                     )
                 )
         except InvalidRequestError as exc:
-            raise UsageError(f"%%miragic: {exc.message}") from None
+            raise UsageError(f"%%miragic: {flag_words(exc.message)}") from None
         return requests, labels
 
     def _slots(
@@ -672,6 +672,20 @@ def _print_plan(requests: list[GenerationRequest]) -> None:
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "
         "(a seeded job whose result is saved comes free); nothing was sent"
     )
+
+
+#: The client's argument words in its messages, and the magic's flags for them.
+_FLAG_WORDS = (
+    (re.compile(r"\bmodel='(\w+)'"), r"--model \1"),
+    (re.compile(r"\bimage_url\b=?"), "--image-url"),
+)
+
+
+def flag_words(message: str) -> str:
+    """A message of the client's in the magic's words: ``--image-url``, not ``image_url``."""
+    for words, flag in _FLAG_WORDS:
+        message = words.sub(flag, message)
+    return message
 
 
 def _one_line(exc: BaseException | None, hint: str = "") -> str:

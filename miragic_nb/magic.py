@@ -42,7 +42,7 @@ from .errors import (
 from .gallery import ImageGrid
 from .image_inputs import held_value, restore_held_names, url_to_check
 from .polling import PollSchedule
-from .progress import JobProgress, make_progress
+from .progress import JobProgress, ProgressGroup, make_progress
 from .request import (
     MAX_SIDE,
     MIN_SIDE,
@@ -452,8 +452,9 @@ class Miragic(Magics, Configurable):
         on this thread, which is the cell's own.
         """
         events: queue.Queue[_Slot] = queue.Queue()
-        for slot in slots:
-            slot.progress.show()
+        # One output for the cell's rows; it collapses to one plain line when the cell ends.
+        group = ProgressGroup([slot.progress for slot in slots])
+        group.show()
         # A pool per cell: its size is this cell's concurrency, and its queue dies with the cell.
         workers = Workers(max_workers=min(len(slots), self.max_concurrency))
         # One switch for the cell: once interrupted, none of its jobs sends a create.
@@ -475,6 +476,7 @@ class Miragic(Magics, Configurable):
         finally:
             # However the cell ends, no worker keeps polling and no queued job starts.
             self._stop(slots, cancellation, workers)
+            group.close()
 
     @staticmethod
     def _stop(slots: list[_Slot], cancellation: Cancellation, workers: Workers) -> None:
@@ -624,8 +626,8 @@ class Miragic(Magics, Configurable):
 
     def _make_progress(self, label: str, *, many: bool) -> JobProgress:
         widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
-        # Several text lines rewritten with \r would overwrite each other: print changes instead.
-        return make_progress(label, widgets=widgets, rewrite=False if many else None)
+        # Several rows on a terminal are redrawn together by the cell's ProgressGroup.
+        return make_progress(label, widgets=widgets)
 
     def _namespace(self) -> dict[str, Any]:
         """The user's variables, without IPython's own (``exit``, ``In``...) unless reassigned."""

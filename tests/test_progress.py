@@ -20,8 +20,8 @@ from miragic_nb.progress import (
 
 
 def inner(markup: str) -> str:
-    """The text inside the one-line wrapper the widget texts are drawn in."""
-    assert markup.startswith('<div style="white-space:nowrap;')
+    """The text inside the wrapper the widget texts are drawn in (wrapping, never clipped)."""
+    assert markup.startswith('<div class="miragic-progress-text" style="white-space:normal;')
     assert markup.endswith("</div>")
     return markup[markup.index(">") + 1 : -len("</div>")]
 
@@ -132,7 +132,7 @@ def test_text_progress_rewrites_one_line_on_a_terminal() -> None:
     assert out.endswith("\n")
     assert "flux: pending · running…" in out
     assert "flux: pending · 50%" in out
-    assert "flux: done · 100%" in out
+    assert "flux: completed · 100%" in out
 
 
 def test_text_progress_prints_a_line_per_change_when_not_a_terminal() -> None:

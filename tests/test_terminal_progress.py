@@ -28,6 +28,7 @@ from miragic_nb.emulator import Emulator
 REPO = Path(__file__).resolve().parent.parent
 ROWS, COLUMNS = 40, 100
 _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
+_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # a window title: nothing drawn
 _ELAPSED = re.compile(r"(\d+\.\d)s")
 
 
@@ -101,6 +102,10 @@ def screen(output: str) -> list[str]:
     row = column = 0
     position = 0
     while position < len(output):
+        title = _OSC.match(output, position)
+        if title:
+            position = title.end()
+            continue
         match = _CSI.match(output, position)
         if match:
             count = int(match.group(1) or "1") if match.group(1).isdigit() else 1

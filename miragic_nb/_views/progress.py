@@ -98,7 +98,8 @@ class JobProgress(ABC):
     def fail(self, message: str) -> None:
         """Mark the job failed with a short reason; nothing changes the view afterwards."""
         with self._lock:
-            if self.state == "failed":
+            # A stopped job (cancelled, interrupted...) that errors afterwards stays stopped.
+            if self.state in ("failed", "ended"):
                 return
             self._finish("failed", FAILED, message)
 

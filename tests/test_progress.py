@@ -11,7 +11,7 @@ from IPython.testing import globalipapp
 from IPython.utils.capture import capture_output
 
 from miragic_nb._core.jobs import Job
-from miragic_nb._engine.engine import JobState
+from miragic_nb._core.states import JobState
 from miragic_nb._views.progress import (
     RUNNING,
     ProgressGroup,

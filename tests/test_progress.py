@@ -217,3 +217,25 @@ def test_a_group_on_a_terminal_redraws_each_job_on_its_own_row() -> None:
     assert out.count("\n") == 2  # two rows drawn once, then redrawn in place
     assert "\x1b[1A\r#2: pending · 50%" in out  # one row up: the second job
     assert "\x1b[2A\r#1: completed" in out  # two rows up: the first job
+
+
+def test_more_jobs_than_the_terminal_has_rows_become_one_line_of_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LINES", "5")  # what shutil.get_terminal_size reads first
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = Tty()
+    views = [make_progress(f"#{i}", widgets=False, stream=stream) for i in range(1, 7)]
+    group = ProgressGroup(views)
+    group.show()
+    for view in views[:4]:
+        view.succeed()
+    views[4].fail("no")
+    views[5].end("cancelled")
+    group.close()
+    out = stream.getvalue()
+    assert "A\r" not in out  # no cursor moves up: rows would scroll off the screen
+    assert out.count("\n") == 1
+    last = out.rsplit("\r", 1)[1]
+    assert last.startswith("6 jobs · 4 completed · 1 failed · 1 cancelled · ")
+    assert all(len(line) < 80 for line in out.split("\r"))

@@ -166,12 +166,15 @@ def test_jupyterlab_runs_the_quickstart(
     run_all_cells(page)
     wait_until_every_cell_ran(page, len(code_cells))
 
-    # 1 + 1 + 1 single jobs, a grid of 4, a comparison of 3, kontext, resume: all green.
+    # Three single jobs, a grid of 4, a comparison of 3, kontext, resume: each cell's progress
+    # collapsed to one line when it ended, and none says "failed".
     wait_for(
         page,
-        "() => document.querySelectorAll('.progress-bar-success').length >= 12",
+        "() => document.querySelectorAll('.miragic-progress-summary').length >= 7",
         timeout_ms=JOB_MS,
     )
+    summaries = page.locator(".miragic-progress-summary").all_inner_texts()
+    assert all("completed" in line and "failed" not in line for line in summaries), summaries
     assert page.locator(".progress-bar-danger").count() == 0
     # Results, thumbnails/crops/blends, the grid, the comparison, history: decoded images.
     wait_for(
@@ -288,7 +291,9 @@ def test_notebook7_runs_a_magic_cell(
             run_all_cells(notebook)
 
             wait_until_every_cell_ran(notebook, 2)
-            notebook.wait_for_selector(".progress-bar-success", timeout=JOB_MS)
+            summary = notebook.locator(".miragic-progress-summary")
+            summary.wait_for(timeout=JOB_MS)
+            assert summary.inner_text().startswith("completed · ")
             wait_for(
                 notebook,
                 """() => [...document.querySelectorAll('.jp-OutputArea-output img')]
@@ -298,3 +303,133 @@ def test_notebook7_runs_a_magic_cell(
             assert notebook.locator(".progress-bar-danger").count() == 0
         finally:
             context.close()
+
+
+# -- nothing clipped at 1024×768 with the file browser open ----------------------------------------
+
+NARROW = {"width": 1024, "height": 768}
+#: Every text the magic and the panel draw that a person must read whole.
+READABLE = ", ".join(
+    [
+        ".miragic-progress .widget-html-content",
+        ".miragic-progress-text",
+        ".miragic-progress-summary",
+        ".miragic-caption",
+        ".jp-OutputArea-output .widget-button",
+    ]
+)
+#: In the page: every visible element of ``selector`` whose content is cut (scrolled out of its
+#: own box, or reaching past the box of an ancestor that hides overflow), and any progress row
+#: whose texts overlap its bar.
+CLIPPED_JS = """selector => {
+    const cut = [];
+    const visible = e => e.offsetParent !== null && e.getClientRects().length > 0;
+    for (const element of document.querySelectorAll(selector)) {
+        if (!visible(element)) continue;
+        const text = element.textContent.trim();
+        if (element.scrollWidth > element.clientWidth + 1
+                || element.scrollHeight > element.clientHeight + 1) {
+            cut.push(`${text} (${element.scrollWidth}x${element.scrollHeight} in `
+                     + `${element.clientWidth}x${element.clientHeight})`);
+            continue;
+        }
+        const box = element.getBoundingClientRect();
+        for (let up = element.parentElement; up; up = up.parentElement) {
+            if (getComputedStyle(up).overflowX === 'visible') continue;
+            const outer = up.getBoundingClientRect();
+            if (box.right > outer.right + 1 || box.left < outer.left - 1) {
+                cut.push(`${text} (past ${up.className})`);
+                break;
+            }
+        }
+    }
+    for (const row of document.querySelectorAll('.miragic-progress')) {
+        if (!visible(row)) continue;
+        const [head, bar, detail] = [...row.children].map(c => c.getBoundingClientRect());
+        for (const text of [head, detail]) {
+            const sameLine = text.top < bar.bottom && bar.top < text.bottom;
+            if (sameLine && text.left < bar.right && bar.left < text.right) {
+                cut.push(`${row.textContent.trim()} (text over the bar)`);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
+def assert_nothing_clipped(page: Any) -> int:
+    """No readable text is cut; returns how many were checked (so a test sees it looked)."""
+    assert page.evaluate(CLIPPED_JS, READABLE) == []
+    checked: int = page.locator(READABLE).evaluate_all(
+        "elements => elements.filter(e => e.offsetParent !== null).length"
+    )
+    return checked
+
+
+def open_with_file_browser(page: Any, server: JupyterServer, notebook: str) -> None:
+    workspace = notebook.removesuffix(".ipynb")
+    page.goto(server.page_url(f"lab/workspaces/{workspace}/tree/{notebook}"))
+    wait_for_idle_kernel(page)
+    file_browser = page.locator(".jp-FileBrowser")
+    if not file_browser.is_visible():
+        page.keyboard.press("Control+b")
+    file_browser.wait_for(state="visible", timeout=KERNEL_READY_MS)
+
+
+def test_nothing_is_clipped_at_1024_with_the_file_browser_open(
+    lab: JupyterServer, browser: Any, browser_emulator: Emulator, workspace: Path
+) -> None:
+    write_notebook(
+        lab.root / "narrow-magic.ipynb",
+        [
+            "%load_ext miragic_nb",
+            "%%miragic --n 3 --size 512x384\nA lighthouse on a cliff at dusk, in a storm",
+        ],
+    )
+    write_notebook(lab.root / "narrow-panel.ipynb", ["from miragic_nb import Panel\n\nPanel()"])
+    context = browser.new_context(viewport=NARROW)
+    # Jobs long enough to look at their progress rows while they run.
+    browser_emulator.job_seconds = 6.0
+    try:
+        page = context.new_page()
+        open_with_file_browser(page, lab, "narrow-magic.ipynb")
+        run_all_cells(page)
+        page.wait_for_selector(".miragic-progress", timeout=JOB_MS)
+        wait_for(
+            page,
+            "() => document.querySelectorAll('.miragic-progress').length === 3"
+            " && document.body.innerText.includes('pending')",
+            timeout_ms=JOB_MS,
+        )
+        assert assert_nothing_clipped(page) >= 6  # three rows of a head and a detail
+        wait_until_every_cell_ran(page, 2)
+        page.wait_for_selector(".miragic-progress-summary", timeout=JOB_MS)
+        assert assert_nothing_clipped(page) >= 4  # the summary and three captions in the grid
+        summary = page.locator(".miragic-progress-summary").inner_text()
+        assert summary.startswith("3 jobs · 3 completed")
+        assert page.locator(".jp-FileBrowser").is_visible()
+        save_screenshot(page, "screenshot-magic-1024.png", workspace / "shots")
+
+        panel = context.new_page()
+        open_with_file_browser(panel, lab, "narrow-panel.ipynb")
+        run_all_cells(panel)
+        prompt = panel.locator(".widget-textarea textarea")
+        prompt.wait_for(timeout=KERNEL_READY_MS)
+        prompt.fill("A lighthouse on a cliff at dusk, in a storm with huge waves")
+        panel.click(".widget-button:has-text('Generate')")
+        wait_for(
+            panel,
+            "() => [...document.querySelectorAll('.miragic-progress')]"
+            ".some(r => r.textContent.includes('pending'))",
+            timeout_ms=JOB_MS,
+        )
+        cancel = panel.locator("button[title='Stop polling this job']")
+        assert cancel.inner_text() == "Cancel"
+        assert assert_nothing_clipped(panel) >= 3  # the row's texts and its Cancel button
+        assert panel.locator(".jp-FileBrowser").is_visible()
+        save_screenshot(panel, "screenshot-panel-1024.png", workspace / "shots")
+        panel.wait_for_selector(".progress-bar-success", timeout=JOB_MS)
+        assert assert_nothing_clipped(panel) >= 2
+    finally:
+        browser_emulator.job_seconds = 0.6
+        context.close()

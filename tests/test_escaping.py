@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -52,14 +52,21 @@ def assert_escaped(markup: Iterable[str], *texts: str) -> None:
         assert html.escape(text, quote=False) in joined or html.escape(text) in joined, text
 
 
+#: Every widget made while a ``widget_magic`` test runs: a cell closes its progress widgets
+#: when it ends (its output collapses to a line), but their HTML still says what was shown.
+_MADE: list[widgets.Widget] = []
+
+
 def cell_markup(cell: Run) -> list[str]:
-    """Every text/html output of a cell, and every HTML widget value of the widgets it showed."""
+    """Every text/html output of a cell, and every HTML widget value of the widgets it showed
+    (or made, for a magic cell whose progress widgets were closed when it ended)."""
     markup = [str(o.data["text/html"]) for o in cell.outputs if "text/html" in o.data]
     for output in cell.outputs:
         view = output.data.get(WIDGET_VIEW)
-        if view is not None:
+        if view is not None and view["model_id"] in _instances:
             root = _instances[view["model_id"]]
             markup += [w.value for w in widget_tree(root) if isinstance(w, widgets.HTML)]
+    markup += [w.value for w in _MADE if isinstance(w, widgets.HTML)]
     return markup
 
 
@@ -67,9 +74,14 @@ def cell_markup(cell: Run) -> list[str]:
 
 
 @pytest.fixture
-def widget_magic(magic: Miragic, api: Emulator) -> Miragic:
+def widget_magic(magic: Miragic, api: Emulator) -> Iterator[Miragic]:
     magic.progress = "widgets"  # the notebook view, with HTML labels
-    return magic
+    widgets.Widget.on_widget_constructed(_MADE.append)
+    try:
+        yield magic
+    finally:
+        widgets.Widget.on_widget_constructed(None)
+        _MADE.clear()
 
 
 def test_magic_progress_and_caption_escape_the_prompt(
@@ -79,7 +91,7 @@ def test_magic_progress_and_caption_escape_the_prompt(
     assert cell.error is None, cell.text
     markup = cell_markup(cell)
     assert any(WIDGET_VIEW in o.data for o in cell.outputs)  # the bar really was a widget
-    assert "done" in "\n".join(markup)  # its HTML labels were found and checked
+    assert "completed" in "\n".join(markup)  # its HTML labels were found and checked
     assert_escaped(markup)
     # The image's own caption (text/plain next to the original bytes) is plain text.
     (image,) = cell.image_outputs()

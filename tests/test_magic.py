@@ -245,18 +245,29 @@ def test_usage_help_comes_from_magic_arguments(run: Runner, ip: InteractiveShell
     assert "%%miragic [-m MODEL]" in cell.io.stdout
 
 
-def test_widget_progress_becomes_the_caption(
+def test_widget_progress_collapses_to_one_plain_line_when_the_cell_ends(
     run: Runner, ip: InteractiveShell, magic: Miragic, api: Emulator
 ) -> None:
     magic.progress = "widgets"
     cell = run("%%miragic -W 256 -H 256\nwidget view")
     assert cell.error is None, cell.text
-    views = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
-    assert len(views) == 2  # the bar, then the same bar re-published with its final text
-    final = views[-1].data["text/plain"]
-    assert final.startswith("done · flux · 256×256")
-    assert only_job(api) in final
+    bar, *rest = cell.outputs
+    assert "application/vnd.jupyter.widget-view+json" in bar.data  # live: a real widget
+    # When the cell ends the same output becomes one line of text and HTML, no widget.
+    (collapsed,) = [o for o in rest if o.update and "text/plain" in o.data]
+    assert "application/vnd.jupyter.widget-view+json" not in collapsed.data
+    line = collapsed.data["text/plain"]
+    assert "\n" not in line
+    assert line.startswith("completed · ")
+    assert only_job(api) in line
+    assert "completed" in collapsed.data["text/html"]
+    # The picture, then its caption in an output of its own.
     assert len(cell.image_outputs()) == 1
+    captions = [
+        o.data["text/html"] for o in rest if "miragic-caption" in o.data.get("text/html", "")
+    ]
+    assert len(captions) == 1
+    assert "flux · 256×256" in captions[0]
 
 
 @pytest.mark.parametrize("progress", ["text", "widgets"])
@@ -286,5 +297,5 @@ def test_a_terminal_shell_gets_the_text_progress_by_default(
     assert cell.error is None, cell.text
     assert not any("application/vnd.jupyter.widget-view+json" in o.data for o in cell.outputs)
     job_id = only_job(api)
-    assert "done · 100% · " in cell.io.stdout
+    assert "completed · 100% · " in cell.io.stdout
     assert f"job {job_id}" in cell.io.stdout

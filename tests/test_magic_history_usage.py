@@ -253,3 +253,36 @@ def test_usage_shows_the_builtin_emulators_jobs_apart_at_no_credit(
     records = {record.job_id: record for record in magic._history().records()}
     assert [records[job_id].emulator for job_id in placeholders] == [True, True]
     assert not any(r.emulator for job_id, r in records.items() if job_id not in placeholders)
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_history_in_a_terminal_fits_its_width_aligned_with_ellipses(
+    run: Runner, ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    long_prompt = (
+        "A lighthouse keeper's cat watching enormous winter waves break over the harbour "
+        "wall at dusk, painted in the style of an old maritime etching with fine hatching"
+    )
+    unseeded = _make(run, ip, "", long_prompt)
+    seeded = _make(run, ip, "--seed 42", "a blue whale")
+    monkeypatch.setenv("COLUMNS", str(columns))  # what shutil.get_terminal_size reads first
+
+    lines = _table(run("%miragic history"))["text/plain"].splitlines()
+
+    assert all(len(line) <= columns for line in lines), lines
+    assert "None" not in "\n".join(lines)
+    # Aligned: each job id starts in the same column, under the header's "job".
+    header = lines[0]
+    first = next(line for line in lines if seeded in line)
+    second = next(line for line in lines if unseeded in line)
+    assert first.index(seeded) == second.index(unseeded) == header.index("job")
+    assert "42" in first
+    # The long prompt is cut after a whole word, with an ellipsis: in its column when there is
+    # room, else on the line under its job.
+    if "prompt" in header:
+        shown = second[header.index("prompt") :]
+    else:
+        shown = lines[lines.index(second) + 1].strip()
+    assert shown.endswith("…")
+    assert long_prompt.startswith(shown[:-1])
+    assert long_prompt[len(shown) - 1] == " "

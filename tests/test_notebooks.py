@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,90 @@ def test_kernel_environment_lets_the_kernel_import_this_checkout() -> None:
     assert environment["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
     assert environment["MIRAGIC_HOME"] == "/h"
     assert demo.kernel_environment(environment)["PYTHONPATH"] == environment["PYTHONPATH"]
+
+
+_VOID = frozenset({"img", "br", "meta", "link", "input", "hr", "source", "wbr"})
+
+
+class _OutputText(HTMLParser):
+    """The text inside nbconvert's output areas (not the cells' sources, nor scripts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0  # open elements since entering an output area; 0: outside one
+        self.hidden = 0
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID:
+            return  # never closed
+        if self.depth:
+            self.depth += 1
+        elif "jp-OutputArea-output" in (dict(attrs).get("class") or ""):
+            self.depth = 1
+        if self.depth and tag in ("script", "style"):
+            self.hidden += 1
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        pass  # <br/>, <img .../>: nothing opened, nothing to close
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID:
+            return
+        if self.depth:
+            self.depth -= 1
+            if tag in ("script", "style"):
+                self.hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth and not self.hidden:
+            self.parts.append(data)
+
+
+def shown_without_widgets(notebook: Any) -> str:
+    """The text a viewer without widget state shows (GitHub, nbviewer, VS Code, nbconvert):
+    the outputs of nbconvert's HTML of the notebook with its widget state dropped."""
+    from nbconvert import HTMLExporter
+
+    bare = nbformat.from_dict(notebook)
+    bare.metadata.pop("widgets", None)
+    body, _ = HTMLExporter().from_notebook_node(bare)
+    parser = _OutputText()
+    parser.feed(body)
+    return " ".join(" ".join(parser.parts).split())
+
+
+def test_a_saved_notebook_shows_captions_and_progress_without_widget_state(
+    keyed_emulator: Emulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "saved.ipynb"
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext miragic_nb"),
+        nbformat.v4.new_code_cell("%%miragic --size 384x256 --seed 11\nA lighthouse at dusk"),
+        nbformat.v4.new_code_cell("%%miragic --size 384x256 --n 3\nA harbour in fog"),
+    ]
+    nbformat.write(notebook, source)
+
+    result = demo.run_notebook(source, tmp_path / "out", env=keyed_environment(keyed_emulator))
+
+    saved = nbformat.read(result.notebook, as_version=4)
+    single, grid = saved.cells[1], saved.cells[2]
+    # The progress collapsed to plain outputs: no widget view is left in either cell.
+    for cell in (single, grid):
+        assert not [
+            o
+            for o in cell.outputs
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        ]
+    shown = shown_without_widgets(saved)
+    single_job = next(o for o in single.outputs if image_mimetypes(o))
+    job_id = single_job["metadata"]["miragic"]["job_id"]
+    # The picture's caption, and the job's one-line summary.
+    assert "flux · 384×256 · seed 11 · " in shown
+    assert "completed · " in shown
+    assert job_id in shown
+    # The grid's three captions, and its summary line.
+    assert "3 jobs · 3 completed · " in shown
+    assert shown.count("flux · 384×256 · ") >= 4

@@ -142,7 +142,7 @@ def test_cancel_stops_polling_and_keeps_the_job_id(panel: Panel, emulator: Emula
     assert f"%miragic resume {job.job_id}" in panel.status.value
     assert "credit" in panel.status.value
     # Cancelled is a stop the user asked for, not a failure: its own word, and never red.
-    assert job.progress.state == "stopped"
+    assert job.progress.state == "ended"  # a stop: not a failure
     assert job.progress.status == "cancelled"
     assert "failed" not in job.progress.text()
     assert job.progress._bar.bar_style != "danger"

@@ -8,10 +8,13 @@ from typing import Any
 import ipywidgets as widgets
 import pytest
 from IPython.testing import globalipapp
+from IPython.utils.capture import capture_output
 
 from miragic_nb._core.jobs import Job
+from miragic_nb._core.states import JobState
 from miragic_nb._views.progress import (
     RUNNING,
+    ProgressGroup,
     TextProgress,
     WidgetProgress,
     in_kernel,
@@ -20,8 +23,8 @@ from miragic_nb._views.progress import (
 
 
 def inner(markup: str) -> str:
-    """The text inside the one-line wrapper the widget texts are drawn in."""
-    assert markup.startswith('<div style="white-space:nowrap;')
+    """The text inside the wrapper the widget texts are drawn in (wrapping, never clipped)."""
+    assert markup.startswith('<div class="miragic-progress-text" style="white-space:normal;')
     assert markup.endswith("</div>")
     return markup[markup.index(">") + 1 : -len("</div>")]
 
@@ -132,7 +135,7 @@ def test_text_progress_rewrites_one_line_on_a_terminal() -> None:
     assert out.endswith("\n")
     assert "flux: pending · running…" in out
     assert "flux: pending · 50%" in out
-    assert "flux: done · 100%" in out
+    assert "flux: completed · 100%" in out
 
 
 def test_text_progress_prints_a_line_per_change_when_not_a_terminal() -> None:
@@ -162,3 +165,77 @@ def test_auto_detection_is_widgets_inside_a_kernel(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(shell, "kernel", object(), raising=False)  # what ipykernel's shell has
     assert in_kernel()
     assert isinstance(make_progress("x"), WidgetProgress)
+
+
+class Tty(io.StringIO):
+    """A stream that says it is a terminal (what the views check)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_an_ending_that_is_no_failure_is_not_red() -> None:
+    view = make_progress("flux", widgets=True)
+    assert isinstance(view, WidgetProgress)
+    _head, bar, detail = parts(view)
+    view.end(JobState.TIMED_OUT, "still on the server")
+    assert bar.bar_style == "warning"
+    assert view.status == "timed out"
+    assert "still on the server" in detail.value
+    view.fail("late")  # an ending is final
+    assert bar.bar_style == "warning"
+
+
+def test_a_group_of_widgets_collapses_to_one_plain_line() -> None:
+    globalipapp.get_ipython()  # display() publishes through a real shell
+    views = [make_progress(f"#{i}", widgets=True) for i in (1, 2, 3)]
+    group = ProgressGroup(views)
+    with capture_output() as captured:
+        group.show()
+        views[0].succeed()
+        views[1].fail("<b>no</b>")
+        views[2].end("cancelled")
+        group.close()
+    first, last = captured.outputs
+    assert "application/vnd.jupyter.widget-view+json" in first.data  # one output, all rows
+    assert last.update
+    assert set(last.data) == {"text/plain", "text/html"}
+    assert last.data["text/plain"].startswith("3 jobs · 1 completed · 1 failed · 1 cancelled · ")
+    assert "<b>" not in last.data["text/html"]
+    assert all(view.widget.comm is None for view in views)  # type: ignore[attr-defined]
+
+
+def test_a_group_on_a_terminal_redraws_each_job_on_its_own_row() -> None:
+    stream = Tty()
+    views = [make_progress(f"#{i}", widgets=False, stream=stream) for i in (1, 2)]
+    group = ProgressGroup(views)
+    group.show()
+    views[1].set_state(JobState.PENDING, percent=50)
+    views[0].succeed()
+    group.close()
+    out = stream.getvalue()
+    assert out.count("\n") == 2  # two rows drawn once, then redrawn in place
+    assert "\x1b[1A\r#2: pending · 50%" in out  # one row up: the second job
+    assert "\x1b[2A\r#1: completed" in out  # two rows up: the first job
+
+
+def test_more_jobs_than_the_terminal_has_rows_become_one_line_of_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LINES", "5")  # what shutil.get_terminal_size reads first
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = Tty()
+    views = [make_progress(f"#{i}", widgets=False, stream=stream) for i in range(1, 7)]
+    group = ProgressGroup(views)
+    group.show()
+    for view in views[:4]:
+        view.succeed()
+    views[4].fail("no")
+    views[5].end("cancelled")
+    group.close()
+    out = stream.getvalue()
+    assert "A\r" not in out  # no cursor moves up: rows would scroll off the screen
+    assert out.count("\n") == 1
+    last = out.rsplit("\r", 1)[1]
+    assert last.startswith("6 jobs · 4 completed · 1 failed · 1 cancelled · ")
+    assert all(len(line) < 80 for line in out.split("\r"))

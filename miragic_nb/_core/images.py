@@ -8,6 +8,7 @@ the ones those bytes decode to; once changed it displays like any other PIL imag
 
 from __future__ import annotations
 
+import html
 import io
 import warnings
 import zlib
@@ -119,6 +120,14 @@ class GeneratedImage(Image.Image):
             return
         bundle, metadata = self.display_bundle(unchanged=True)
         display(bundle, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
+        # Notebook viewers show one mimetype per output, so the caption beside the picture
+        # would be hidden: it gets an output of its own. HTML only, since a terminal has
+        # already printed it as the picture's text/plain.
+        caption = html.escape(self.caption())
+        display(  # type: ignore[no-untyped-call]
+            {"text/html": f'<div class="miragic-caption"><small>{caption}</small></div>'},
+            raw=True,
+        )
 
     def __reduce__(self) -> Any:
         # Pickle/copy as a plain PIL image: the subclass adds display behaviour, not state

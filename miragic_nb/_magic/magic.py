@@ -44,6 +44,7 @@ from miragic_nb._core.request import (
 )
 from miragic_nb._magic import sweeps
 from miragic_nb._magic.arguments import seconds, variable_name
+from miragic_nb._views.progress import JobProgress, ProgressGroup, make_progress
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -480,8 +481,9 @@ class Miragic(Magics, Configurable):
         from miragic_nb._engine.group import GroupInterrupted
 
         by_member = {id(slot.member): slot for slot in slots}
-        for slot in slots:
-            slot.progress.show()
+        # One output for the cell's rows; it collapses to one plain line when the cell ends.
+        rows = ProgressGroup([slot.progress for slot in slots])
+        rows.show()
         group.subscribe(lambda member: self._show(by_member[id(member)]))
 
         def tick() -> None:  # no status read arrived: keep the elapsed time moving
@@ -500,6 +502,8 @@ class Miragic(Magics, Configurable):
             quiet = KeyboardInterrupt(lines[0])
             quiet._render_traceback_ = lambda: list(lines)  # type: ignore[attr-defined]
             raise quiet from None
+        finally:
+            rows.close()
 
     def _show(self, slot: _Slot) -> None:
         member = slot.member
@@ -628,11 +632,10 @@ class Miragic(Magics, Configurable):
         return builtin.history(self.settings())
 
     def _make_progress(self, label: str, *, many: bool) -> JobProgress:
-        from miragic_nb._views.progress import make_progress
 
         widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
-        # Several text lines rewritten with \r would overwrite each other: print changes instead.
-        return make_progress(label, widgets=widgets, rewrite=False if many else None)
+        # Several rows on a terminal are redrawn together by the cell's ProgressGroup.
+        return make_progress(label, widgets=widgets)
 
     def _namespace(self) -> dict[str, Any]:
         """The user's variables, without IPython's own (``exit``, ``In``...) unless reassigned."""

@@ -66,10 +66,14 @@ class PanelJob:
         job.cancel_button = widgets.Button(
             description="Cancel",
             tooltip="Stop polling this job",
-            layout=widgets.Layout(width="auto"),
+            # Never shrunk: a button cut to "Can…" is no button.
+            layout=widgets.Layout(width="auto", flex="0 0 auto"),
         )
         job.cancel_button.on_click(lambda _: on_cancel(job))
-        job.row = widgets.HBox([progress.widget, job.cancel_button])
+        job.row = widgets.HBox(
+            [progress.widget, job.cancel_button],
+            layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
+        )
         return job
 
     @property

@@ -81,7 +81,7 @@ def _cell(image: GeneratedImage, label: str, width: int) -> str:
         f"<b>{html.escape(label)}</b><br>"
         f'<img src="data:{mimetype};base64,{data}" width="{shown}" '
         f'alt="{html.escape(image.metadata.get("prompt") or "", quote=True)}"><br>'
-        f"<small>{html.escape(image.caption())}</small></td>"
+        f'<small class="miragic-caption">{html.escape(image.caption())}</small></td>'
     )
 
 

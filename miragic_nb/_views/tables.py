@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,11 @@ THUMBNAIL_SIDE = 96
 _HISTORY_HEADERS = ("", "created", "status", "model", "size", "seed", "job", "prompt")
 #: The usage line of the built-in emulator's jobs: placeholders, not counted in the total.
 EMULATOR_LINE = "built-in emulator (no credits)"
+#: Spaces between the columns of a text table.
+_GAP = "  "
+_GAP_WIDTH = len(_GAP)
+#: Fewest characters of the prompt a history line keeps, however narrow the terminal.
+_MIN_PROMPT = 24
 _USAGE_COLUMNS = ("jobs", "credits", "failed", "reused (credits saved)")
 
 
@@ -27,27 +33,91 @@ class _Markup(str):
     """HTML made here (a thumbnail), not text to escape."""
 
 
-def history_bundle(records: Sequence[HistoryRecord]) -> dict[str, str]:
-    """The jobs as an HTML table with thumbnails, and as one text line each."""
-    text = [
-        f"{r.created_at:%Y-%m-%d %H:%M}  {r.status:<9}  {r.model or '?'}  "
-        f"{r.width}×{r.height}  seed {r.seed}  {r.job_id}  {(r.prompt or '')[:60]}"
-        for r in records
-    ]
+def history_bundle(records: Sequence[HistoryRecord], *, width: int | None = None) -> dict[str, str]:
+    """The jobs as an HTML table with thumbnails, and as an aligned text table ``width``
+    columns wide (default: the terminal's width)."""
     rows = [
         [
             _thumbnail(record),
             f"{record.created_at:%Y-%m-%d %H:%M}",
             record.status,
             record.model or "?",
-            f"{record.width}×{record.height}",
+            _size_text(record),
             "" if record.seed is None else str(record.seed),
             record.job_id,
             (record.prompt or "")[:120],
         ]
         for record in records
     ]
-    return {"text/html": _html_table(_HISTORY_HEADERS, rows), "text/plain": "\n".join(text)}
+    if width is None:
+        width = shutil.get_terminal_size().columns
+    return {
+        "text/html": _html_table(_HISTORY_HEADERS, rows),
+        "text/plain": history_text(records, width=width),
+    }
+
+
+def history_text(records: Sequence[HistoryRecord], *, width: int) -> str:
+    """Aligned columns that fit in ``width`` characters; the prompt takes what is left and is
+    cut at a word boundary with an ellipsis. Narrow terminals lose the size column first,
+    then the year of the date; the job id is never cut (``%miragic resume`` needs it)."""
+    layouts = (
+        ("%Y-%m-%d %H:%M", True),
+        ("%Y-%m-%d %H:%M", False),
+        ("%m-%d %H:%M", False),
+    )
+    for date_format, with_size in layouts:
+        table = [
+            [
+                f"{r.created_at:{date_format}}",
+                r.status,
+                r.model or "?",
+                *([_size_text(r)] if with_size else []),
+                "—" if r.seed is None else str(r.seed),
+                r.job_id,
+            ]
+            for r in records
+        ]
+        headers = ["created", "status", "model", *(["size"] if with_size else []), "seed", "job"]
+        widths = [max(len(row[i]) for row in [headers, *table]) for i in range(len(headers))]
+        room = width - 1 - sum(widths) - _GAP_WIDTH * len(widths)
+        if room >= _MIN_PROMPT:
+            break
+    cells = [
+        _GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [headers, *table]
+    ]
+    texts = [" ".join((r.prompt or "").split()) for r in records]
+    if room >= _MIN_PROMPT:
+        prompts = ["prompt", *(ellipsize(text, room) for text in texts)]
+        lines = [
+            _GAP.join([row, prompt]).rstrip() for row, prompt in zip(cells, prompts, strict=True)
+        ]
+    else:
+        # Too narrow for a prompt column: each prompt goes on its own line under its job.
+        lines = [cells[0].rstrip()]
+        for row, text in zip(cells[1:], texts, strict=True):
+            lines += [row.rstrip(), _GAP + ellipsize(text, max(width - 1 - _GAP_WIDTH, 1))]
+    return "\n".join(lines)
+
+
+def ellipsize(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: cut at the last word boundary that keeps
+    at least half of it, with "…"; a long word is cut inside."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space >= width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def _size_text(record: HistoryRecord) -> str:
+    if record.width is None or record.height is None:
+        return "?"
+    return f"{record.width}×{record.height}"
 
 
 def usage_bundle(rows: Sequence[UsageRow], *, by: str, title: str) -> dict[str, str]:

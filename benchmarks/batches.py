@@ -8,7 +8,6 @@ shows whether any job was lost or created twice.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from miragic_nb._core.request import GenerationRequest
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, Fault
 
-from .common import CREATE_PATH, Row, Settings, client_for, emulator, mean, timed
+from .common import CREATE_PATH, Row, Settings, client_for, emulator, mean, scratch_home, timed
 
 BATCH = 8
 JOB_SECONDS = 2.0
@@ -103,7 +102,7 @@ def _magic_shell(emu: Emulator) -> Iterator[Any]:
     from IPython.core.interactiveshell import InteractiveShell
 
     saved = {k: os.environ.get(k) for k in ("MIRAGIC_API_KEY", "MIRAGIC_BASE_URL", "MIRAGIC_HOME")}
-    with tempfile.TemporaryDirectory() as home:
+    with scratch_home() as home:
         os.environ.update(MIRAGIC_API_KEY=emu.api_key, MIRAGIC_BASE_URL=emu.url, MIRAGIC_HOME=home)
         try:
             shell = InteractiveShell.instance()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,3 +101,16 @@ def median(values: Sequence[float]) -> float:
 
 def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+@contextmanager
+def scratch_home() -> Iterator[str]:
+    """A temporary history home, removed only once this process's history has written all it
+    holds (results are handed over first and recorded by a writer behind them)."""
+    from miragic_nb import History
+
+    with tempfile.TemporaryDirectory() as home:
+        try:
+            yield home
+        finally:
+            History(home).flush()

@@ -23,7 +23,16 @@ from miragic_nb._engine.batch import BatchResult
 from miragic_nb._store.history import History
 from miragic_nb.emulator import RateLimit
 
-from .common import CREATE_PATH, TIGHT_POLLS, Row, Settings, client_for, emulator, timed
+from .common import (
+    CREATE_PATH,
+    TIGHT_POLLS,
+    Row,
+    Settings,
+    client_for,
+    emulator,
+    scratch_home,
+    timed,
+)
 
 CREATE_RATE = 4.0
 CREATE_BURST = 4
@@ -48,7 +57,7 @@ sys.exit(code)
 def _paced_batch(settings: Settings) -> list[Row]:
     jobs = settings.pick(40, 200)
     items = [{"prompt": f"paced {n}", "width": 256, "height": 256} for n in range(jobs)]
-    with tempfile.TemporaryDirectory() as home, emulator(job_seconds=BATCH_JOB_SECONDS) as emu:
+    with scratch_home() as home, emulator(job_seconds=BATCH_JOB_SECONDS) as emu:
         emu.limits.create = RateLimit(CREATE_RATE, burst=CREATE_BURST)
         with client_for(emu, history=History(home), poll_schedule=TIGHT_POLLS) as client:
             wall, result = timed(lambda: client.generate_many(items))
@@ -84,7 +93,7 @@ def _paced_batch(settings: Settings) -> list[Row]:
 
 
 def _gathered(settings: Settings) -> list[Row]:
-    with tempfile.TemporaryDirectory() as home, emulator(job_seconds=ASYNC_JOB_SECONDS) as emu:
+    with scratch_home() as home, emulator(job_seconds=ASYNC_JOB_SECONDS) as emu:
         with client_for(emu, history=History(home)) as client:
 
             async def many() -> None:

@@ -184,3 +184,19 @@ def test_no_tracked_file_points_outside_the_repository() -> None:
         text = path.read_text(encoding="utf-8", errors="replace")
         offenders += [f"{name}: {m.group(0)}" for m in outside.finditer(text)]
     assert offenders == []
+
+
+def test_every_module_the_architecture_names_exists() -> None:
+    """``docs/architecture.md`` names modules as ``_layer/module.py`` and in its layers table;
+    each must be a module of the package as it is now."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "miragic_nb"
+    named = set(re.findall(r"`((?:_\w+|emulator)/\w+\.py)`", text))
+    for row in re.findall(r"^\| `(_\w+)` \| (.+?) \|", text, flags=re.MULTILINE):
+        layer, modules = row
+        named |= {f"{layer}/{name}.py" for name in re.findall(r"`(\w+)`", modules)}
+    for layer, modules in re.findall(r"`(_\w+)` \(([^)]*)\)", text):
+        named |= {f"{layer}/{name}.py" for name in re.findall(r"`(\w+)`", modules)}
+    assert len(named) > 30
+    missing = sorted(name for name in named if not (package / name).is_file())
+    assert missing == []

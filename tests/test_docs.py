@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def collected_test_ids() -> list[str]:
             "tests",
         ],
         cwd=ROOT,
+        # Only the collection: no options from the environment (-n, a seed) reach it.
+        env={k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
         capture_output=True,
         text=True,
         timeout=600,

@@ -144,6 +144,21 @@ def test_the_readme_sends_the_reader_to_the_guarantees() -> None:
     assert len(reliability) > 10
 
 
+def test_the_readme_is_a_front_door() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300, "move details to a page in docs/ and link it"
+    assert "%load_ext miragic_nb" in lines[:60]
+    # The commands a newcomer types first, exactly as the quick start gives them.
+    assert 'python -m pip install -e ".[demo]" && python -m miragic_nb demo' in lines
+    assert "bash scripts/test.sh" in lines
+    # What moved out is linked, not copied.
+    text = "\n".join(lines)
+    for page in ("docs/reliability.md", "docs/performance.md", "docs/magic-commands.md"):
+        assert f"]({page})" in text
+    assert "](CONTRIBUTING.md)" in text
+    assert "| guarantee | proved by |" not in text
+
+
 @pytest.fixture(scope="module")
 def test_ids() -> list[str]:
     return collected_test_ids()

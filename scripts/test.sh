@@ -22,6 +22,6 @@ export PATH="$PWD/$venv/bin:$PATH" VIRTUAL_ENV="$PWD/$venv"
 python -m ruff check .
 python -m ruff format --check .
 python -m mypy
-python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 
 python -m pytest "$@"

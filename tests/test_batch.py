@@ -215,7 +215,7 @@ def test_a_stopped_batch_sends_no_further_create_and_a_rerun_resumes_its_jobs(
     items = _items(6, "slow")
     with Emulator(api_key="test-key-0123456789", job_seconds=4.0) as emulator:
         with _client(emulator, tmp_path) as client:
-            batch = Batch(client, items, concurrency=2)  # type: ignore[arg-type]
+            batch = Batch(client.engine, items, concurrency=2)
             plan = batch.plan()
             outcome: list[BatchResult] = []
             runner = threading.Thread(target=lambda: outcome.append(batch.run(plan)))

@@ -179,7 +179,6 @@ def test_module_level_generate_uses_a_default_client_made_on_first_use(
 ) -> None:
     import miragic_nb
 
-    monkeypatch.setattr(miragic_nb, "_default_client", None)
     monkeypatch.setenv("MIRAGIC_API_KEY", emulator.api_key)
     monkeypatch.setenv("MIRAGIC_BASE_URL", emulator.url)
     image = miragic_nb.generate("a cat", width=256, height=256)

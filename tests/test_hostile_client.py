@@ -28,7 +28,8 @@ from miragic_nb._core.errors import (
     MiragicError,
 )
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._store.history import ERROR, FAILED, PENDING, TIMEOUT, History
+from miragic_nb._core.states import ERROR, FAILED, PENDING, TIMEOUT
+from miragic_nb._store.history import History
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import (
     JOB_ID,

@@ -21,9 +21,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -33,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from miragic_nb._core import config
+from miragic_nb._core.context import caller_paces, deadline, time_left
 from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
@@ -45,6 +43,7 @@ from miragic_nb._core.errors import (
     server_text,
 )
 from miragic_nb._core.polling import parse_retry_after
+from miragic_nb._core.urls import strip_userinfo
 
 #: Longest a whole API request (connect, retries, answer) may take when no job deadline is nearer.
 REQUEST_DEADLINE_S = 60.0
@@ -60,34 +59,6 @@ MAX_READ_RETRY_AFTER_S = 5.0
 #: Statuses urllib3 retries for GETs (status reads and downloads) before we see them.
 RETRIED_STATUSES = (429, 502, 503, 504)
 _CHUNK = 64 * 1024
-#: A URL's scheme and ``//``, then its userinfo up to the last ``@`` before the path.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?(//)[^/?#]*@")
-
-#: The monotonic moment the current request (and any wait inside it) must be over by.
-_deadline: ContextVar[float] = ContextVar("miragic_deadline", default=math.inf)
-
-
-@contextmanager
-def deadline(moment: float) -> Iterator[float]:
-    """Run the block under ``moment`` (monotonic), or under an outer deadline if that is nearer."""
-    effective = min(moment, _deadline.get())
-    token = _deadline.set(effective)
-    try:
-        yield effective
-    finally:
-        _deadline.reset(token)
-
-
-def time_left() -> float:
-    """Seconds until the current deadline (``inf`` outside any)."""
-    return _deadline.get() - time.monotonic()
-
-
-def sleep(seconds: float) -> None:
-    """Sleep, but never past the current deadline."""
-    pause = min(seconds, time_left())
-    if pause > 0:
-        time.sleep(pause)
 
 
 def timeouts(connect: float, read: float) -> tuple[float, float]:
@@ -125,24 +96,9 @@ class CreateRetry(BoundedRetry):
     retry_after_cap = MAX_CREATE_RETRY_AFTER_S
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code == 429 and _caller_paces_creates.get():
+        if status_code == 429 and caller_paces():
             return False  # the caller's own rate controller must see every 429
         return super().is_retry(method, status_code, has_retry_after)
-
-
-#: True while the caller (a batch) paces creates itself: create 429s come straight back.
-_caller_paces_creates: ContextVar[bool] = ContextVar("miragic_caller_paces", default=False)
-
-
-@contextmanager
-def caller_paces_creates() -> Iterator[None]:
-    """Inside the block a create answered 429 is not retried by urllib3 but raised at once
-    (``RateLimitError``), so a batch's controller sees every 429 and slows down itself."""
-    token = _caller_paces_creates.set(True)
-    try:
-        yield
-    finally:
-        _caller_paces_creates.reset(token)
 
 
 def read_retry() -> Retry:
@@ -394,11 +350,6 @@ def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def strip_userinfo(url: str) -> str:
-    """``url`` without a ``user:password@`` part (kept out of the history and image metadata)."""
-    return _USERINFO.sub(r"\1\2", url, count=1)
 
 
 # -- requests and the errors they end in ------------------------------------------------------

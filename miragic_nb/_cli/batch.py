@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
         if client is None:
             client = Client()
         batch = Batch(
-            client,
+            client.engine,
             items,
             concurrency=concurrency,
             retry_uncertain=args.retry_uncertain,
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
             print(plan.summary())
             return 0
         check_budget(plan, args.max_credits)
-        client._require_key()
+        client.api.require_key()
     except (BadInput, InvalidRequestError, BudgetExceededError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

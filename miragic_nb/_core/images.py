@@ -16,8 +16,9 @@ from typing import Any
 
 from PIL import Image
 
+from miragic_nb._core.embedded import METADATA_KEY
 from miragic_nb._core.errors import DownloadError
-from miragic_nb._core.provenance import METADATA_KEY, provenance
+from miragic_nb._core.provenance import provenance
 
 #: Largest decoded image accepted (pixels); the API's maximum is 2048 × 2048 = 4.2 MP.
 MAX_PIXELS = 4096 * 4096

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from miragic_nb._api import transport
 from miragic_nb._core.errors import InvalidRequestError
 from miragic_nb._core.jobs import Job
 from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.urls import strip_userinfo
 
 #: A whole number as ASCII digits (``str.isdigit`` also accepts "²", which int() refuses).
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -162,4 +162,4 @@ def request_from_job(job: Job) -> GenerationRequest:
 
 
 def _no_userinfo(url: str | None) -> str | None:
-    return transport.strip_userinfo(url) if url else None
+    return strip_userinfo(url) if url else None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
-from miragic_nb._api import transport
+from miragic_nb._core import config, context
 from miragic_nb._core.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -36,15 +36,15 @@ from miragic_nb._core.errors import (
     RateLimitError,
     UncertainJobError,
 )
-from miragic_nb._core.request import GenerationRequest
-from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState, Workers
+from miragic_nb._core.request import GenerationRequest, request_from
+from miragic_nb._core.states import COMPLETED, FAILED, JobState
+from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle, Workers
 from miragic_nb._engine.pacing import Pacing, check_concurrency
 from miragic_nb._store.batches import BatchStore, ItemRecord
-from miragic_nb._store.history import COMPLETED, FAILED, _load
+from miragic_nb._store.history import _load
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
-    from miragic_nb.client import Client
 
 #: Create errors that certainly made no job: the intent is withdrawn.
 _NO_JOB_MADE = (RateLimitError, InvalidRequestError, AuthenticationError, CancelledBeforeStart)
@@ -131,8 +131,6 @@ class BatchResult(Sequence["GeneratedImage | None"]):
 
 def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
     """Every item as a validated request; the first bad one is refused, naming its index."""
-    from miragic_nb.client import _request
-
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise InvalidRequestError(
             "items must be a list of prompts (str) or of dicts of generate() options",
@@ -142,13 +140,14 @@ def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
     for index, item in enumerate(items):
         try:
             if isinstance(item, str):
-                requests.append(_request(item, {}))
+                requests.append(request_from(item, {}))
             elif isinstance(item, Mapping):
                 options = dict(item)
                 if "prompt" not in options:
                     raise InvalidRequestError("it has no 'prompt'", field="prompt")
-                # _request checks every name and value: the dict is only typed loosely here.
-                requests.append(_request(options.pop("prompt"), options))  # type: ignore[arg-type]
+                # request_from checks every name and value: the dict is only typed loosely here.
+                prompt = options.pop("prompt")
+                requests.append(request_from(prompt, options))  # type: ignore[arg-type]
             else:
                 raise InvalidRequestError(
                     f"a {type(item).__name__} is neither a prompt (str) nor a dict of options",
@@ -170,11 +169,11 @@ def batch_key(requests: Sequence[GenerationRequest], *, base_url: str, name: str
 
 
 class Batch:
-    """One batch on one client: plan it, then run it."""
+    """One batch on one engine: plan it, then run it."""
 
     def __init__(
         self,
-        client: Client,
+        engine: Engine,
         items: Sequence[Item],
         *,
         name: str | None = None,
@@ -182,14 +181,12 @@ class Batch:
         timeout: float | None = None,
         retry_uncertain: bool = False,
     ) -> None:
-        from miragic_nb._engine.engine import check_timeout
-
-        self.client = client
+        self.engine = engine
         self.requests = requests_of(items)
         self.fixed_concurrency = check_concurrency(concurrency)
-        self.timeout = None if timeout is None else check_timeout(timeout)
+        self.timeout = None if timeout is None else config.check_timeout(timeout)
         self.retry_uncertain = retry_uncertain
-        history = client.history
+        history = engine.history
         if history is None:
             raise InvalidRequestError(
                 "generate_many needs the history to survive a crash: use a client with "
@@ -198,7 +195,7 @@ class Batch:
             )
         self.history = history
         self.store = BatchStore(history)
-        self.key = batch_key(self.requests, base_url=client.base_url, name=name)
+        self.key = batch_key(self.requests, base_url=engine.api.base_url, name=name)
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -217,7 +214,8 @@ class Batch:
         for index, request in enumerate(self.requests):
             record = self._records.get(index)
             if record is not None and record.job_id is None:
-                adopted = self.store.adopt(self.key, record, request, base_url=self.client.base_url)
+                base_url = self.engine.api.base_url
+                adopted = self.store.adopt(self.key, record, request, base_url=base_url)
                 if adopted is not None:
                     record = self._records[index] = ItemRecord(index, adopted, record.intent_at)
             if record is None:
@@ -352,8 +350,8 @@ class Batch:
         self, index: int, job_id: str | None, pacing: Pacing, result: BatchResult
     ) -> tuple[GeneratedImage | None, MiragicError | None]:
         request = self.requests[index]
-        engine = self.client.engine
-        with transport.caller_paces_creates():
+        engine = self.engine
+        with context.caller_paces_creates():
             if job_id is not None:
                 handle = JobHandle(request, job_id=job_id)
                 self._follow(handle)
@@ -416,7 +414,7 @@ class Batch:
                 self.store.intend(self.key, index)
             elif handle.id is not None and not linked and handle.sent:
                 linked = True
-                self.store.link(self.key, index, handle.id)
+                self.store.link(self.key, index, handle.id, spent=False)  # the engine counted it
                 if result is not None:
                     with self._lock:
                         result.created += 1

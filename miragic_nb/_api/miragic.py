@@ -318,11 +318,14 @@ class MiragicAPI(config.HoldsKey):
 
         try:
             transport.refuse_link_local(url)
-            with self._session.head(
-                url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
-            ) as response:
+            with (
+                transport.result_fetch(),
+                self._session.head(
+                    url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
+                ) as response,
+            ):
                 return response.status_code in GONE_STATUSES
-        except requests.RequestException as exc:
+        except (requests.RequestException, transport.LinkLocalConnectError) as exc:
             log.info("could not check result URL %s (%s)", strip_userinfo(url), exc)
             return False
 

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
         batch = Batch(
             client.engine,
             items,
+            # The same file into the same folder is the same batch (a rerun resumes it); into
+            # another folder it is a new one, whose unseeded prompts make new pictures.
+            name=f"{args.file.resolve()} -> {args.out.resolve()}",
             concurrency=concurrency,
             retry_uncertain=args.retry_uncertain,
         )

@@ -71,7 +71,10 @@ class GeneratedImage(Image.Image):
         meta = self.metadata
         parts = [str(meta.get("model", "?")), f"{self.width}×{self.height}"]
         seed = meta.get("seed")
-        parts.append(f"seed {seed}" if seed is not None else "random seed")
+        if seed is None:
+            parts.append("random seed")
+        else:
+            parts.append(f"seed {seed} (random)" if meta.get("seed_chosen") else f"seed {seed}")
         elapsed = meta.get("elapsed_s")
         if isinstance(elapsed, (int, float)):
             parts.append(f"{elapsed:.1f}s")

@@ -30,6 +30,8 @@ MODELS: Mapping[str, str] = {
 #: Models that accept an input image (``image_url``).
 IMAGE_INPUT_MODELS = frozenset({"kontext"})
 MIN_SIDE = 256
+#: Largest seed the client chooses itself (31 bits: every server's integer type holds it).
+MAX_SEED = 2**31 - 1
 MAX_SIDE = 2048
 #: What ``image_url=`` accepts (a ``GeneratedImage`` is a PIL image); the engine makes it a URL.
 ImageInput: TypeAlias = (
@@ -217,3 +219,10 @@ def request_from(prompt: str | GenerationRequest, options: RequestOptions) -> Ge
     # image_url is a URL by now (the caller resolved what the user held); anything else
     # is refused by GenerationRequest's own check.
     return GenerationRequest(prompt, **options)  # type: ignore[arg-type]
+
+
+def random_seed() -> int:
+    """A seed for a request that gave none: sent and shown, so the picture can be made again."""
+    import secrets
+
+    return secrets.randbelow(MAX_SEED + 1)

@@ -35,7 +35,7 @@ from miragic_nb._core import config, context
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError, MiragicError, server_text
 from miragic_nb._core.interrupts import deferred_interrupt
 from miragic_nb._core.jobs import Job, check_job_id
-from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
 from miragic_nb._core.states import JobState, store_status
 from miragic_nb._core.urls import strip_userinfo
@@ -52,6 +52,8 @@ log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
+#: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
+BUILTIN_EMULATOR = "builtin-emulator:"
 
 _T = TypeVar("_T")
 
@@ -103,6 +105,8 @@ class JobHandle:
         self.job: Job | None = None
         self.result: GeneratedImage | None = None
         self.error: BaseException | None = None
+        #: The request gave no seed and the engine chose the one sent.
+        self.seed_chosen = False
         self.cancellation = cancellation if cancellation is not None else Cancellation()
         self.future: concurrent.futures.Future[GeneratedImage] | None = None
         self._lock = threading.Lock()
@@ -280,6 +284,13 @@ class Engine:
         self._workers: Workers | None = None
         self._lock = threading.Lock()
 
+    @property
+    def identity(self) -> str:
+        """The server as the history's reuse knows it: its URL, or one name for the built-in
+        emulator, whose port changes with every process (so its seeded results are reused
+        across kernel restarts like any server's)."""
+        return BUILTIN_EMULATOR if self.emulator else self.api.base_url
+
     def __repr__(self) -> str:
         return f"Engine({self.api!r}, history={self.history!r}, emulator={self.emulator})"
 
@@ -358,6 +369,12 @@ class Engine:
         if over is not None:
             handle.move(JobState.CANCELLED, error=over)
             raise over
+        if request.seed is None:
+            # The server does not say which seed it used: choose one, send it and show it, so
+            # every picture can be made again. Chosen here, after the reuse check: an unseeded
+            # request is never answered from the history.
+            request = handle.request = replace(request, seed=random_seed())
+            handle.seed_chosen = True
         if not handle.begin_send():
             error = CancelledBeforeStart("cancelled before the job was sent; no credit used")
             handle.move(JobState.CANCELLED, error=error)
@@ -372,8 +389,10 @@ class Engine:
                 handle.move(JobState.FAILED, error=exc)
                 raise
             recorded = _without_userinfo(request)
-            base_url = self.api.base_url
-            self._record(lambda h: h.record_created(job.id, recorded, base_url=base_url))
+            base_url, identity = self.api.base_url, self.identity
+            self._record(
+                lambda h: h.record_created(job.id, recorded, base_url=base_url, identity=identity)
+            )
             self._record(lambda h: budget.spend(h, job.id, emulator=self.emulator))
         handle.move(JobState.PENDING, job=job)
 
@@ -394,7 +413,13 @@ class Engine:
                 )
                 handle.move(JobState.DOWNLOADING, job=done)
                 data, done = self.api.download(done, cancel=cancel)
-            image = self._image(data, done, handle.request, elapsed=time.monotonic() - started)
+            image = self._image(
+                data,
+                done,
+                handle.request,
+                elapsed=time.monotonic() - started,
+                seed_chosen=handle.seed_chosen,
+            )
         except Exception as exc:
             error = _ended(exc, job_id, deadline=deadline, limit=limit)
             state = _final_state(error, cancelled=cancel.is_set())
@@ -407,7 +432,13 @@ class Engine:
         return image
 
     def _image(
-        self, data: bytes, job: Job, request: GenerationRequest | None, *, elapsed: float
+        self,
+        data: bytes,
+        job: Job,
+        request: GenerationRequest | None,
+        *,
+        elapsed: float,
+        seed_chosen: bool = False,
     ) -> GeneratedImage:
         from miragic_nb._core.images import GeneratedImage
 
@@ -419,6 +450,7 @@ class Engine:
             elapsed=elapsed,
             image_size=image.size,
             emulator=self.emulator,
+            seed_chosen=seed_chosen,
         )
         image.info["miragic"] = info.as_dict()
         return image
@@ -428,7 +460,7 @@ class Engine:
         if self.history is None or request.seed is None:
             return None
         try:
-            image = self.history.reuse(request, base_url=self.api.base_url)
+            image = self.history.reuse(request, base_url=self.identity)
         except MiragicError as exc:  # an unreadable history must never stop a generation
             log.warning("could not look for a saved result: %s", exc)
             return None

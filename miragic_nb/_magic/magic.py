@@ -31,6 +31,7 @@ from traitlets.config import Configurable
 from miragic_nb import session as builtin
 from miragic_nb._core import config
 from miragic_nb._core.errors import (
+    APIError,
     InvalidRequestError,
     JobFailedError,
     JobTimeoutError,
@@ -70,7 +71,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # IPython's decorators are untyped; these typed names keep the magic checked by mypy --strict.
-_magic_arguments = cast(Callable[[], _Decorator], magic_arguments)
+_magic_arguments = cast(Callable[..., _Decorator], magic_arguments)
 _argument = cast(Callable[..., _Decorator], argument)
 _line_cell_magic = cast(_Decorator, line_cell_magic)
 _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace], parse_argstring)
@@ -233,7 +234,7 @@ class Miragic(Magics, Configurable):
 
     # -- the magic -------------------------------------------------------------------------
 
-    @_magic_arguments()
+    @_magic_arguments(name="%miragic")  # the usage reads "%%miragic": a cell magic first
     @_argument(
         "-m",
         "--model",
@@ -484,7 +485,8 @@ class Miragic(Magics, Configurable):
     def _settle(self, slot: _Slot, handle: JobHandle) -> None:
         if handle.result is None:
             error = _slot_error(slot)
-            slot.progress.fail(_one_line(error, self._resume_hint(error)))
+            # The row says what happened; the cell's error line alone says how to resume.
+            slot.progress.fail(_one_line(error, ""))
             return
         widget = bool(getattr(slot.progress, "widget", None))
         # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
@@ -521,6 +523,8 @@ class Miragic(Magics, Configurable):
         job_id = getattr(exc, "job_id", None)
         if not job_id or isinstance(exc, JobFailedError):
             return ""
+        if isinstance(exc, APIError) and exc.status_code == 404:
+            return ""  # the server does not know the job: there is nothing to resume
         return f"; it may still finish: %miragic resume {job_id}"
 
     # -- results ---------------------------------------------------------------------------
@@ -643,9 +647,16 @@ def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
 
 def _print_plan(requests: list[GenerationRequest]) -> None:
     """``--dry-run``: the jobs a cell would start, and what they may cost."""
-    for request in requests:
-        seed = "" if request.seed is None else f" seed {request.seed}"
-        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    lines = [
+        f"{request.model} {request.width}×{request.height}"
+        + ("" if request.seed is None else f" seed {request.seed}")
+        + f": {request.prompt}"
+        for request in requests
+    ]
+    # `--n 20` without a seed is twenty identical jobs: one line says so.
+    for line, same in itertools.groupby(lines):
+        times = len(list(same))
+        print(f"  {times} × {line}" if times > 1 else f"  {line}")
     count = len(requests)
     print(
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "

@@ -190,13 +190,22 @@ class History:
     # -- writing ---------------------------------------------------------------------------
 
     def record_created(
-        self, job_id: str, request: GenerationRequest, *, base_url: str
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        *,
+        base_url: str,
+        identity: str | None = None,
     ) -> HistoryRecord:
-        """Record a job the moment the create call returns, before any waiting."""
+        """Record a job the moment the create call returns, before any waiting.
+
+        ``identity`` names the server for reuse when its URL is not stable (the built-in
+        emulator listens on a new port in every process); default: ``base_url``.
+        """
         fields = {
             **request.describe(),
             "base_url": _clean_base_url(base_url),
-            "reuse_key": reuse_key(request, base_url=base_url),
+            "reuse_key": reuse_key(request, base_url=identity or base_url),
         }
 
         def update(row: dict[str, Any]) -> tuple[str, str | None]:

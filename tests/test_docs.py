@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 GUARANTEES_HEADER = "| guarantee | proved by |"
+#: Headers of tables that pair a promise with the tests proving it (checked like the guarantees).
+PROOF_HEADERS = {GUARANTEES_HEADER, "| promise | tests |"}
 
 #: A cited test: ``[dir/]file.py``, ``[file.py::]test_name[param-glob]`` or ``[param-glob]`` (a
 #: further case of the test cited just before it).
@@ -26,13 +28,14 @@ CITATION = re.compile(
 
 
 def guarantees_tables() -> dict[str, list[str]]:
-    """The rows of every ``| guarantee | proved by |`` table in the README and ``docs/``."""
+    """The rows of every table of promises and their proofs (``PROOF_HEADERS``) in the README
+    and ``docs/``."""
     tables: dict[str, list[str]] = {}
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         lines = path.read_text(encoding="utf-8").splitlines()
         rows = []
         for start, line in enumerate(lines):
-            if line.strip() != GUARANTEES_HEADER:
+            if line.strip() not in PROOF_HEADERS:
                 continue
             for row in lines[start + 2 :]:
                 if not row.startswith("|"):

@@ -13,6 +13,7 @@ import io
 import json
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from PIL import Image
 
 from miragic_nb._core.images import GeneratedImage
 from miragic_nb._core.jobs import Job
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 
 
@@ -42,6 +44,10 @@ def _reset_peak() -> int:
 def main(argv: list[str]) -> None:
     path, url, warmup_url, base_url, api_key, repeats = argv
     client = Client(api_key=api_key, base_url=base_url, history=False)
+    # For "resumed": the whole engine path with a real history (in a temp dir), as a user
+    # waits for it; "url" is then a COMPLETED job's id.
+    home = tempfile.mkdtemp(prefix="miragic-bench-")
+    recording = Client(api_key=api_key, base_url=base_url, history=History(home))
 
     def ours(target: str) -> Image.Image:
         # What Client.finish does once the status read says COMPLETED.
@@ -53,7 +59,22 @@ def main(argv: list[str]) -> None:
         image.load()
         return image
 
-    fetch: Callable[[str], Image.Image] = {"ours": ours, "naive": naive}[path]
+    def resumed(job_id: str) -> Image.Image:
+        return recording.resume(job_id)
+
+    def naive_job(job_id: str) -> Image.Image:
+        # One status read, then the plain download and decode.
+        status = requests.get(
+            f"{base_url}/api/v1/image/jobs/{job_id}", headers={"X-API-Key": api_key}, timeout=30
+        ).json()
+        return naive(status["data"]["processedImageUrl"])
+
+    fetch: Callable[[str], Image.Image] = {
+        "ours": ours,
+        "naive": naive,
+        "resumed": resumed,
+        "naive-job": naive_job,
+    }[path]
     fetch(warmup_url)  # imports, connection pool, decoder tables
     before = _reset_peak()
     image = fetch(url)

@@ -184,5 +184,34 @@ def _write(settings: Settings) -> list[Row]:
     ]
 
 
+def _stripping(settings: Settings) -> list[Row]:
+    """Stripping forged metadata costs what the file's size does: time per comment segment
+    with 10× the segments, against the same with 1×."""
+    from miragic_nb._core.embedded import embed_metadata
+
+    small_count = settings.pick(2_000, 10_000)
+    forged = json.dumps({"miragic": {"job_id": "forged"}}).encode()
+    segment = b"\xff\xfe" + (len(forged) + 2).to_bytes(2, "big") + forged
+    plain = photo_like_jpeg(1024, 1024)  # a real picture after the comments
+    meta = {"job_id": "job-1", "prompt": "a prompt"}
+
+    def per_segment(count: int) -> float:
+        data = plain[:2] + segment * count + plain[2:]
+        return _median_time(lambda: embed_metadata(data, meta), 3) / count
+
+    small, large = per_segment(small_count), per_segment(10 * small_count)
+    return [
+        Row(
+            "7 store",
+            f"strip {10 * small_count:,} forged JPEG comments: time per segment",
+            small,
+            large,
+            "s",
+            goal=2.0,
+            baseline_label=f"the same with {small_count:,} segments (linear: 1×, quadratic: 10×)",
+        )
+    ]
+
+
 def run(settings: Settings) -> list[Row]:
-    return [*_scaling(settings), *_migration(settings), *_write(settings)]
+    return [*_scaling(settings), *_migration(settings), *_write(settings), *_stripping(settings)]

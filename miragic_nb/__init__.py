@@ -28,10 +28,6 @@ from miragic_nb._core.errors import (
     UncertainJobError,
 )
 
-# Bound eagerly: once the submodule is imported anywhere, Python would otherwise set the package
-# attribute ``history`` to the module, and ``miragic_nb.history()`` would stop being callable.
-from miragic_nb._store.history import History, history
-
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -42,6 +38,7 @@ if TYPE_CHECKING:
     from miragic_nb._engine.batch import BatchCounts, BatchResult, Plan
     from miragic_nb._engine.image_inputs import set_uploader
     from miragic_nb._panel.panel import Panel
+    from miragic_nb._store.history import History, history
     from miragic_nb.client import Client
 
 __version__ = "0.1.0"
@@ -78,8 +75,11 @@ __all__ = [
     "set_uploader",
 ]
 
-# Public names that live in modules with heavy imports, loaded on first attribute access.
+# Public names that live in modules with heavy imports, loaded on first attribute access
+# (the store too: ``%load_ext`` must not open SQLite or Pillow before the first cell).
 _LAZY = {
+    "History": "_store.history",
+    "history": "_store.history",
     "Client": "client",
     "GeneratedImage": "_core.images",
     "Job": "_core.jobs",

@@ -224,6 +224,7 @@ class Client(config.HoldsKey):
         on_progress: Callable[[BatchCounts], None] | None = None,
         name: str | None = None,
         retry_uncertain: bool = False,
+        wait: float = 0.0,
     ) -> BatchResult | Plan:
         """Generate many images; a rerun of the same batch resumes it (see ``docs/batches.md``).
 
@@ -232,6 +233,8 @@ class Client(config.HoldsKey):
         ``.errors`` says why), or with ``dry_run`` the ``Plan`` and nothing sent.
         ``max_credits`` refuses (``BudgetExceededError``) a plan creating more jobs.
         ``concurrency``: ``"auto"`` adapts to the service's rate limits; a number caps it.
+        Another run of the same batch (here or in another process) is waited for ``wait``
+        seconds, then refused (``BatchBusyError``, saying which process holds it).
         """
         from miragic_nb._engine.batch import Batch, check_budget
         from miragic_nb._engine.budget import check_session, session_limit
@@ -244,12 +247,15 @@ class Client(config.HoldsKey):
             concurrency=concurrency,
             timeout=timeout,
             retry_uncertain=retry_uncertain,
+            session_credits=session_limit(),
+            wait=wait,
         )
         plan = batch.plan(fresh=fresh)
         if dry_run:
             return plan
         check_budget(plan, max_credits)
-        check_session(batch.history, planned=plan.credits, max_credits=session_limit())
+        # An early refusal; the run reserves the credits under its lease (batch.run).
+        check_session(batch.history, planned=plan.credits, max_credits=batch.session_credits)
         with batch_progress(plan, on_progress) as show:
             return batch.run(plan, on_change=show)
 

@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 from miragic_nb._core import config
 from miragic_nb._core.errors import MissingAPIKeyError
 from miragic_nb._engine import budget
-from miragic_nb.client import Client
 
 if TYPE_CHECKING:
+    # The client (requests, Pillow) loads with the first job, not with %load_ext.
     from miragic_nb._core.polling import PollSchedule
     from miragic_nb._store.history import History
+    from miragic_nb.client import Client
     from miragic_nb.emulator import Emulator
 
 ENV_OFFLINE_FALLBACK = "MIRAGIC_OFFLINE_FALLBACK"
@@ -193,6 +194,8 @@ def resolve_client(
 
     history_home = default_home(home)
     global _notice_given
+    from miragic_nb.client import Client
+
     key = _pick_key(api_key)[0]
     with _lock:
         if _uses_emulator(api_key=api_key, base_url=base_url, offline_fallback=offline_fallback):

@@ -13,7 +13,9 @@ MiragicError
 ├── JobTimeoutError  (also TimeoutError)           the job did not finish in time
 ├── UncertainJobError                              a batch item's create answer was lost
 ├── BudgetExceededError                            a plan would spend more credits than allowed
+├── BatchBusyError                                 another run of the same batch holds it
 └── HistoryError     (also OSError)                the history database cannot be used
+    ├── HistoryBusyError                           another process holds it (locked)
     ├── HistoryCorruptError                        it is not a (sound) SQLite database
     └── HistoryTooNewError                         a newer miragic-nb wrote it
 ```
@@ -141,6 +143,17 @@ class BudgetExceededError(MiragicError):
         self.allowed = allowed
 
 
+class BatchBusyError(MiragicError):
+    """Another run of the same batch holds its lease in the store: which process, where, since
+    when (``pid``, ``host``, ``since``)."""
+
+    def __init__(self, message: str, *, pid: int, host: str, since: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.host = host
+        self.since = since
+
+
 def server_text(text: str, limit: int = _EXCERPT_CHARS) -> str:
     """Any text a server sent, as one line of at most ``limit`` characters.
 
@@ -159,6 +172,10 @@ def server_text(text: str, limit: int = _EXCERPT_CHARS) -> str:
 class HistoryError(MiragicError, OSError):
     """The history could not be read or written. Also an ``OSError``, like the disk problems
     it stands for, so code that survives a full disk survives this too."""
+
+
+class HistoryBusyError(HistoryError):
+    """The history database is held by another process (or thread) longer than we wait."""
 
 
 class HistoryCorruptError(HistoryError):

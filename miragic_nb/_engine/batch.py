@@ -41,7 +41,7 @@ from miragic_nb._core.request import MAX_SEED, GenerationRequest, request_from
 from miragic_nb._core.states import COMPLETED, FAILED, JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle, Workers
 from miragic_nb._engine.pacing import Pacing, check_concurrency
-from miragic_nb._store.batches import BatchStore, ItemRecord
+from miragic_nb._store.batches import BatchStore, ItemRecord, Reservation
 from miragic_nb._store.history import _load
 
 if TYPE_CHECKING:
@@ -187,12 +187,22 @@ class Batch:
         concurrency: int | str = "auto",
         timeout: float | None = None,
         retry_uncertain: bool = False,
+        session_credits: int | None = None,
+        wait: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests_of(items)
         self.fixed_concurrency = check_concurrency(concurrency)
         self.timeout = None if timeout is None else config.check_timeout(timeout)
         self.retry_uncertain = retry_uncertain
+        #: The session's credit budget the batch's creates are reserved against (None: none).
+        self.session_credits = session_credits
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise InvalidRequestError(
+                f"wait must be a number of seconds ≥ 0, got {wait!r}", field="wait"
+            )
+        #: How long a run waits for another run of the same batch before refusing.
+        self.wait = float(wait)
         history = engine.history
         if history is None:
             raise InvalidRequestError(
@@ -278,9 +288,51 @@ class Batch:
 
         ``keep_images`` False holds no image after ``on_item`` has seen it (a CLI writes each
         to disk). ``on_change`` sees the counts after every step (for a progress view).
+
+        The run holds the batch's lease (a second run of it waits ``wait`` seconds, then is
+        refused with ``BatchBusyError``), plans again under it (another run may have made
+        items meanwhile), and reserves its creates' credits before the first is sent.
         """
-        if plan.fresh:
-            self.store.forget(self.key)
+        with self.store.lease(self.key, wait=self.wait):
+            current = plan if plan.fresh else self.plan()
+            if not set(current.to_create) <= set(plan.to_create):
+                raise BudgetExceededError(
+                    f"another run of this batch ended while this one waited, and it now "
+                    f"needs {current.credits} credits, not the {plan.credits} planned; nothing "
+                    "was sent: plan it again",
+                    needed=current.credits,
+                    allowed=plan.credits,
+                )
+            if plan.fresh:
+                self.store.forget(self.key)
+            reservation = None
+            if current.credits and not self.engine.emulator:  # the emulator's cost nothing
+                from miragic_nb._engine.budget import reserve
+
+                reservation = reserve(
+                    self.history, current.credits, max_credits=self.session_credits
+                )
+            try:
+                return self._run(
+                    current,
+                    reservation,
+                    keep_images=keep_images,
+                    on_item=on_item,
+                    on_change=on_change,
+                )
+            finally:
+                if reservation is not None:
+                    reservation.release()
+
+    def _run(
+        self,
+        plan: Plan,
+        reservation: Reservation | None,
+        *,
+        keep_images: bool,
+        on_item: ItemSink | None,
+        on_change: Callable[[BatchCounts], None] | None,
+    ) -> BatchResult:
         result = BatchResult([None] * plan.items, plan)
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
@@ -325,7 +377,9 @@ class Batch:
             for index, job_id in work:
                 if not pacing.acquire(self._stop):
                     break
-                item = functools.partial(self._item, index, job_id, pacing, result, finish)
+                item = functools.partial(
+                    self._item, index, job_id, pacing, result, finish, reservation
+                )
                 futures.append(workers.submit(item))
             for future in futures:
                 future.result()
@@ -357,16 +411,22 @@ class Batch:
         pacing: Pacing,
         result: BatchResult,
         finish: ItemSink,
+        reservation: Reservation | None,
     ) -> None:
         """Run one item to its end (in a worker thread): pick up ``job_id``, or create a job."""
         try:
-            image, error = self._drive(index, job_id, pacing, result)
+            image, error = self._drive(index, job_id, pacing, result, reservation)
         finally:
             pacing.release()
         finish(index, image, error)
 
     def _drive(
-        self, index: int, job_id: str | None, pacing: Pacing, result: BatchResult
+        self,
+        index: int,
+        job_id: str | None,
+        pacing: Pacing,
+        result: BatchResult,
+        reservation: Reservation | None,
     ) -> tuple[GeneratedImage | None, MiragicError | None]:
         request = self.requests[index]
         engine = self.engine
@@ -388,6 +448,8 @@ class Batch:
                     break
                 handle = JobHandle(request)
                 handle.seed_chosen = index in self._seed_chosen
+                # The engine spends this item's credit from the batch's reservation.
+                handle.reservation = reservation
                 self._follow(handle, index=index, pacing=pacing, result=result)
                 # A seed the batch chose is never answered from the history (a new run of
                 # unseeded prompts makes new pictures); nor is anything in a fresh start.

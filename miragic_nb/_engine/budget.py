@@ -5,15 +5,35 @@ Every job the engine creates in this process is counted in the store's ledger
 ``agenerate``, a batch. The engine asks ``refusal`` before each create, so the cap holds for
 every face; a cell or a batch that could take the session past it is refused whole, before
 any request (``check_session``). Jobs on the built-in emulator cost nothing and are not counted.
+
+Checking and spending are one store transaction, so concurrent cells, batches, threads and
+processes sharing the session cannot all pass the check for the same credit: ``reserve``
+counts the spent and held credits and holds ``n`` more in one ``BEGIN IMMEDIATE``; each create
+spends one held credit (the engine, through ``JobHandle.reservation`` or a reservation of its
+own), and whatever is left is released when the work ends.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from miragic_nb._core.errors import BudgetExceededError
-from miragic_nb._store.batches import BatchStore
-from miragic_nb._store.history import History
+
+if TYPE_CHECKING:
+    # The store loads with the first job, not with %load_ext (which sets the limit).
+    from miragic_nb._store.batches import Reservation
+    from miragic_nb._store.history import History
+
+__all__ = [
+    "Reservation",
+    "check_session",
+    "refusal",
+    "reserve",
+    "session_limit",
+    "set_session_limit",
+    "spend",
+]
 
 _lock = threading.Lock()
 _limit: int | None = None
@@ -47,10 +67,38 @@ def refusal(history: History | None, *, emulator: bool) -> BudgetExceededError |
     return _over(history, planned=1, max_credits=session_limit())
 
 
-def spend(history: History | None, job_id: str, *, emulator: bool) -> None:
-    """Count a created job's credit in the ledger (the emulator's cost nothing)."""
+def reserve(history: History, credits: int, *, max_credits: int | None) -> Reservation:
+    """Hold ``credits`` of the session's budget in the store, or refuse in one line (nothing
+    sent). Use it as a context manager, or ``release()`` it when the work ends."""
+    from miragic_nb._store.batches import BatchStore
+
+    try:
+        return BatchStore(history).reserve(credits, limit=max_credits)
+    except BudgetExceededError as exc:
+        used = exc.needed - credits
+        raise BudgetExceededError(
+            f"session budget reached: {used} of Miragic.max_credits = {max_credits} credits "
+            f"spent or held by jobs on their way, and this needs up to {credits} more; nothing "
+            f"was sent (raise it with %config Miragic.max_credits = {exc.needed})",
+            needed=exc.needed,
+            allowed=exc.allowed,
+        ) from None
+
+
+def spend(
+    history: History | None,
+    job_id: str,
+    *,
+    emulator: bool,
+    reservation: Reservation | None = None,
+    wait: float | None = None,
+) -> None:
+    """Count a created job's credit in the ledger (the emulator's cost nothing), taken from
+    ``reservation`` when there is one; ``wait`` bounds the wait for a busy store."""
     if history is not None and not emulator:
-        BatchStore(history).spend(job_id)
+        from miragic_nb._store.batches import BatchStore
+
+        BatchStore(history).spend(job_id, reservation=reservation, wait=wait)
 
 
 def _over(
@@ -58,7 +106,11 @@ def _over(
 ) -> BudgetExceededError | None:
     if max_credits is None:
         return None
-    spent = 0 if history is None else BatchStore(history).spent()
+    from miragic_nb._store.batches import BatchStore
+
+    ledger = None if history is None else BatchStore(history)
+    # Credits held by work on its way count as spent: they are about to be.
+    spent = 0 if ledger is None else ledger.spent() + ledger.held()
     if spent + planned <= max_credits:
         return None
     return BudgetExceededError(

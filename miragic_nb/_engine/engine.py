@@ -46,12 +46,16 @@ if TYPE_CHECKING:
     import asyncio
 
     from miragic_nb._core.images import GeneratedImage
+    from miragic_nb._store.batches import Reservation
     from miragic_nb._store.history import History
 
 log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
+#: How long a job waits for a busy store to record its id (or look up a saved result)
+#: before leaving the write to the background writer and going on.
+CREATED_WAIT_S = 1.0
 #: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
 BUILTIN_EMULATOR = "builtin-emulator:"
 
@@ -112,6 +116,8 @@ class JobHandle:
         self._lock = threading.Lock()
         self._sent = False
         self._listeners: list[Listener] = []
+        #: Credits the face holds for this job (a cell's or a batch's), spent by the engine.
+        self.reservation: Reservation | None = None
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id or '(no id yet)'} {self.state.value}>"
@@ -336,7 +342,8 @@ class Engine:
         if handle.id is None:
             if handle.request is None:
                 raise ValueError("a job needs a request or an id")
-            saved = self._reused(handle.request) if reuse else None
+            wait = min(CREATED_WAIT_S, limit)
+            saved = self._reused(handle.request, wait=wait) if reuse else None
             if saved is not None:
                 handle.move(JobState.COMPLETED, result=saved)
                 return saved
@@ -363,12 +370,32 @@ class Engine:
     def _create(self, handle: JobHandle, deadline: float) -> None:
         request = handle.request
         assert request is not None
-        # Under the handle's lock: once cancelled, no create is sent.
-        # The session's budget counts every face's jobs: checked here, before each create.
-        over = budget.refusal(self.history, emulator=self.emulator)
-        if over is not None:
+        # The session's budget counts every face's jobs, checked here before each create. A cell
+        # or a batch hands its reservation over on the handle; any other job holds its one
+        # credit itself. Check and hold are one store transaction: two jobs at once cannot
+        # both take the last credit.
+        try:
+            own = self._hold_credit(handle)
+        except MiragicError as over:
             handle.move(JobState.CANCELLED, error=over)
-            raise over
+            raise
+        try:
+            self._send(handle, deadline, handle.reservation or own)
+        finally:
+            # No job made: give the credit back. A job whose spend could not be written keeps
+            # it held (counted) until this process ends.
+            if own is not None and own.held and handle.id is None:
+                self._record(lambda h: own.release())
+
+    def _hold_credit(self, handle: JobHandle) -> Reservation | None:
+        limit = budget.session_limit()
+        if handle.reservation is not None or self.emulator or self.history is None or limit is None:
+            return None
+        return budget.reserve(self.history, 1, max_credits=limit)
+
+    def _send(self, handle: JobHandle, deadline: float, reservation: Reservation | None) -> None:
+        request = handle.request
+        assert request is not None
         if request.seed is None:
             # The server does not say which seed it used: choose one, send it and show it, so
             # every picture can be made again. Chosen here, after the reuse check: an unseeded
@@ -390,10 +417,20 @@ class Engine:
                 raise
             recorded = _without_userinfo(request)
             base_url, identity = self.api.base_url, self.identity
+            # The id first, synced, unless the store cannot take it in a moment: then it waits
+            # in the background writer, and the job goes on (its deadline is the user's).
+            wait = min(CREATED_WAIT_S, max(deadline - time.monotonic(), 0.0))
             self._record(
-                lambda h: h.record_created(job.id, recorded, base_url=base_url, identity=identity)
+                lambda h: h.record(
+                    h.created(job.id, recorded, base_url=base_url, identity=identity), wait=wait
+                )
             )
-            self._record(lambda h: budget.spend(h, job.id, emulator=self.emulator))
+            # One held credit becomes a ledger row (the cell's or batch's, or this job's own).
+            self._record(
+                lambda h: budget.spend(
+                    h, job.id, emulator=self.emulator, reservation=reservation, wait=wait
+                )
+            )
         handle.move(JobState.PENDING, job=job)
 
     def _finish(
@@ -428,7 +465,9 @@ class Engine:
             if error is exc:
                 raise
             raise error from exc
-        self._record(lambda h: h.record_result(image))
+        # Handed over first; the file and record are written by the background writer (the
+        # job id is durable already, and reads of this history wait for it).
+        self._record(lambda h: h.record(h.result(image)))
         return image
 
     def _image(
@@ -455,12 +494,13 @@ class Engine:
         image.info["miragic"] = info.as_dict()
         return image
 
-    def _reused(self, request: GenerationRequest) -> GeneratedImage | None:
-        """A saved result of exactly this request, labelled; None when there is none."""
+    def _reused(self, request: GenerationRequest, *, wait: float) -> GeneratedImage | None:
+        """A saved result of exactly this request, labelled; None when there is none (or
+        when the store is busy longer than ``wait``)."""
         if self.history is None or request.seed is None:
             return None
         try:
-            image = self.history.reuse(request, base_url=self.identity)
+            image = self.history.reuse(request, base_url=self.identity, wait=wait)
         except MiragicError as exc:  # an unreadable history must never stop a generation
             log.warning("could not look for a saved result: %s", exc)
             return None
@@ -481,7 +521,7 @@ class Engine:
             message = error.server_message
         elif state is JobState.FAILED and error is not None:
             message = str(error)
-        self._record(lambda h: h.record_status(job_id, status, error_message=message))
+        self._record(lambda h: h.record(h.status(job_id, status, error_message=message)))
 
     def _record(self, write: Callable[[History], object]) -> None:
         """Write to the history; whatever goes wrong there is logged and never replaces the

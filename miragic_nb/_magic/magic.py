@@ -17,6 +17,7 @@ import functools
 import itertools
 import queue
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -46,18 +47,17 @@ from miragic_nb._core.request import (
     GenerationRequest,
     parse_decimal,
 )
-from miragic_nb._engine import budget
-from miragic_nb._engine.engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
-from miragic_nb._engine.image_inputs import held_value, restore_held_names, url_to_check
 from miragic_nb._magic import sweeps
 from miragic_nb._magic.arguments import seconds, variable_name
-from miragic_nb._views.gallery import ImageGrid
-from miragic_nb._views.progress import JobProgress, make_progress
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from miragic_nb import History
+    from miragic_nb._engine.budget import Reservation
+    from miragic_nb._engine.engine import Cancellation, JobHandle, Workers
+    from miragic_nb._views.progress import JobProgress
+    from miragic_nb.client import Client
 
 #: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
 #: at most ``Miragic.max_concurrency`` at a time.
@@ -95,6 +95,8 @@ def _slot_error(slot: _Slot) -> BaseException:
         error = future.exception()
         if error is not None:
             return error
+    from miragic_nb._engine.engine import CancelledBeforeStart
+
     return CancelledBeforeStart("the job was stopped before it was sent; no credit used")
 
 
@@ -303,6 +305,10 @@ class Miragic(Magics, Configurable):
     # -- %%miragic -------------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> Any:
+        # The engine, the store, requests and Pillow load with the first cell, not at %load_ext.
+        from miragic_nb._engine import budget
+        from miragic_nb._engine.image_inputs import restore_held_names
+
         try:
             args = _parse_argstring(self.miragic, restore_held_names(line, self._namespace()))
         except UsageError as exc:
@@ -322,10 +328,30 @@ class Miragic(Magics, Configurable):
             return None
         client = self._resolve().client
         engine = client.engine
-        if not engine.emulator:  # the built-in emulator's jobs cost nothing
-            budget.check_session(
-                engine.history, planned=len(requests), max_credits=self.max_credits
-            )
+        history = engine.history
+        reservation = None
+        if not engine.emulator and history is not None:  # the built-in emulator's cost nothing
+            # Held in the store until the cell ends: concurrent cells, batches and other
+            # processes of this session see them, and the engine spends them job by job.
+            reservation = budget.reserve(history, len(requests), max_credits=self.max_credits)
+        try:
+            return self._run_cell(args, client, requests, sweep_labels, quiet, reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    def _run_cell(
+        self,
+        args: argparse.Namespace,
+        client: Client,
+        requests: list[GenerationRequest],
+        sweep_labels: list[str],
+        quiet: bool,
+        reservation: Reservation | None,
+    ) -> Any:
+        from miragic_nb._engine.image_inputs import held_value
+
+        engine = client.engine
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
@@ -336,6 +362,7 @@ class Miragic(Magics, Configurable):
         slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
 
         def start(handle: JobHandle, workers: Workers) -> object:
+            handle.reservation = reservation
             return engine.start(
                 handle,
                 timeout=args.timeout or self.timeout,
@@ -371,6 +398,8 @@ class Miragic(Magics, Configurable):
                 f"%%miragic: {len(variants)} prompts × {len(seeds)} seeds × {len(models)} models "
                 f"is {jobs} jobs; at most {MAX_JOBS} per cell"
             )
+        from miragic_nb._engine.image_inputs import url_to_check
+
         requests, labels = [], []
         try:
             # Seed-major order: with a model list, each grid row is one seed, each column a model.
@@ -430,6 +459,8 @@ class Miragic(Magics, Configurable):
         The engine's workers only put events on a queue: every widget and print call happens
         on this thread, which is the cell's own.
         """
+        from miragic_nb._engine.engine import Cancellation, JobHandle, Workers
+
         events: queue.Queue[_Slot] = queue.Queue()
         for slot in slots:
             slot.progress.show()
@@ -537,6 +568,8 @@ class Miragic(Magics, Configurable):
             result = images[0] if images else None
         else:
             labels = [s.label for s in slots if s.handle and s.handle.result is not None]
+            from miragic_nb._views.gallery import ImageGrid
+
             result = ImageGrid(images, labels=labels, columns=columns)
         if out and (images or len(slots) > 1):
             self._ip.user_ns[out] = result
@@ -620,6 +653,8 @@ class Miragic(Magics, Configurable):
         return builtin.history(self.settings())
 
     def _make_progress(self, label: str, *, many: bool) -> JobProgress:
+        from miragic_nb._views.progress import make_progress
+
         widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
         # Several text lines rewritten with \r would overwrite each other: print changes instead.
         return make_progress(label, widgets=widgets, rewrite=False if many else None)
@@ -687,7 +722,9 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     builtin.attach(magic.settings, max_credits=magic.max_credits)
     # IPython asks Pillow for PNG *and* JPEG, so every crop, thumbnail or blend of a result
     # would be stored twice, once lossily. Frontends prefer the PNG: keep only that.
-    _pil_jpeg_formatter(ipython).for_type(_pil_image_class(), _no_jpeg)
+    # By name: the printer waits until Pillow is imported (by the first result), so
+    # %load_ext does not import Pillow.
+    _pil_jpeg_formatter(ipython).for_type_by_name(*_PIL_IMAGE, _no_jpeg)
 
 
 def _no_jpeg(image: Any) -> None:
@@ -699,10 +736,8 @@ def _pil_jpeg_formatter(ipython: InteractiveShell) -> Any:
     return formatter.formatters["image/jpeg"]
 
 
-def _pil_image_class() -> type:
-    from PIL import Image
-
-    return Image.Image
+#: (module, name) of Pillow's image class.
+_PIL_IMAGE = ("PIL.Image", "Image")
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
@@ -716,9 +751,13 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
         manager.magics[kind].pop("miragic", None)
     manager.registry.pop("Miragic", None)
     jpeg = _pil_jpeg_formatter(ipython)
+    printer = jpeg.deferred_printers.get(_PIL_IMAGE)
+    pil = sys.modules.get(_PIL_IMAGE[0])  # never imported here: only if a result did
+    if printer is None and pil is not None:
+        printer = jpeg.type_printers.get(getattr(pil, _PIL_IMAGE[1]))
     # By name, like the magics above: %reload_ext leaves the older module's function behind.
-    if getattr(jpeg.type_printers.get(_pil_image_class()), "__name__", "") == _no_jpeg.__name__:
-        jpeg.pop(_pil_image_class())
+    if getattr(printer, "__name__", "") == _no_jpeg.__name__:
+        jpeg.pop(".".join(_PIL_IMAGE))
 
 
 __all__ = ["Miragic", "load_ipython_extension", "unload_ipython_extension"]

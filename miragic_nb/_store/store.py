@@ -8,8 +8,9 @@ that is not a database, is refused with a one-line ``HistoryError`` and never to
 Tables: ``jobs`` (one row per job), ``events`` (its status changes), ``reuses`` (each time
 a saved result was returned instead of paying for a new job), ``batch_items`` (which job each
 item of a batch has, and the intent to create it written before the create) and ``ledger``
-(the credits each kernel session spent). A later schema version adds its
-tables as one more step in ``_SCHEMA_STEPS``.
+(the credits each kernel session spent), ``reservations`` (credits held for creates on their
+way) and ``leases`` (which process runs a batch). A later schema version adds its tables as
+one more step in ``_SCHEMA_STEPS``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from miragic_nb._core.errors import HistoryCorruptError, HistoryError, HistoryTooNewError
+from miragic_nb._core.errors import (
+    HistoryBusyError,
+    HistoryCorruptError,
+    HistoryError,
+    HistoryTooNewError,
+)
 from miragic_nb._core.request import FLAGS
 from miragic_nb._core.urls import strip_userinfo
 
@@ -101,6 +108,27 @@ _SCHEMA_STEPS = (
     );
     CREATE INDEX ledger_by_session ON ledger (session);
     """,
+    # Budgets and leases under races: credits a session holds for creates not yet answered
+    # (checked and taken in one transaction with the ledger), and which process runs a batch.
+    """
+    CREATE TABLE reservations (
+        id INTEGER PRIMARY KEY,
+        session TEXT NOT NULL,
+        credits INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX reservations_by_session ON reservations (session);
+    CREATE TABLE leases (
+        batch_key TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        since TEXT NOT NULL,
+        renewed_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(_SCHEMA_STEPS)
 
@@ -146,60 +174,93 @@ class Database:
         self.path = home / DATABASE_NAME
         self._lock = threading.RLock()
         self._opened: tuple[int, sqlite3.Connection] | None = None
+        self._open_wait = BUSY_TIMEOUT_S
 
     def exists(self) -> bool:
         return self.path.is_file()
 
     @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        """A connection whose queries all see one consistent snapshot."""
-        with self._transaction("BEGIN") as connection:
+    def reading(self, *, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection whose queries all see one consistent snapshot (``wait``: as in
+        ``writing``)."""
+        with self._transaction("BEGIN", wait=wait) as connection:
             yield connection
 
     @contextmanager
-    def writing(self) -> Iterator[sqlite3.Connection]:
+    def writing(self, *, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is committed, or (on any error) none of it.
 
         ``BEGIN IMMEDIATE`` takes the write lock first, so a read-modify-write in here cannot
-        interleave with another kernel's.
+        interleave with another kernel's. ``wait`` bounds how long another process (or
+        thread) holding the database is waited for (default ``BUSY_TIMEOUT_S``); past it,
+        ``HistoryBusyError``.
         """
-        with self._transaction("BEGIN IMMEDIATE") as connection:
+        with self._transaction("BEGIN IMMEDIATE", wait=wait) as connection:
             yield connection
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translated():
-            connection = self._connection()
-            # Checked every time: a newer miragic-nb may have upgraded the file meanwhile.
-            self._version(connection)
-            connection.execute(begin)
-            try:
-                yield connection
-            except BaseException:
-                connection.rollback()
-                raise
-            connection.commit()
+    def _transaction(
+        self, begin: str, *, wait: float | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        limit = BUSY_TIMEOUT_S if wait is None else max(wait, 0.0)
+        if not self._lock.acquire(timeout=limit):
+            raise HistoryBusyError(
+                f"the history database {self.path} is busy (another thread of this process "
+                f"held it for over {limit:g}s)"
+            )
+        try:
+            with self._translated():
+                self._open_wait = limit  # read by _open, under self._lock
+                connection = self._connection()
+                if wait is not None:
+                    connection.execute(f"PRAGMA busy_timeout = {int(limit * 1000)}")
+                try:
+                    # Checked every time: a newer miragic-nb may have upgraded the file meanwhile.
+                    self._version(connection)
+                    connection.execute(begin)
+                    try:
+                        yield connection
+                    except BaseException:
+                        connection.rollback()
+                        raise
+                    connection.commit()
+                finally:
+                    if wait is not None:
+                        connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            self._lock.release()
 
     def _connection(self) -> sqlite3.Connection:
         if self._opened is not None and self._opened[0] == os.getpid():
             return self._opened[1]
-        connection = self._open()
+        connection = self._open(self._open_wait)
         self._opened = (os.getpid(), connection)
         weakref.finalize(self, connection.close)
         return connection
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, wait: float) -> sqlite3.Connection:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The first open (which may upgrade the schema) waits no longer than its caller does.
         connection = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path, timeout=wait, isolation_level=None, check_same_thread=False
         )
         try:
-            # Read before anything is written: a newer or foreign file stays as it is.
-            version = self._version(connection)
-            if version < SCHEMA_VERSION:
-                self._upgrade(connection)
+            give_up = time.monotonic() + wait
+            while True:
+                try:
+                    # Read before anything is written: a newer or foreign file stays as it is.
+                    if self._version(connection) < SCHEMA_VERSION:
+                        self._upgrade(connection)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Processes creating the file at once: SQLite may refuse the switch to WAL
+                    # at once instead of waiting. Try again within the caller's wait.
+                    if "locked" not in str(exc) or time.monotonic() >= give_up:
+                        raise
+                    time.sleep(0.05)
             # A job id must survive a power cut too, not only a killed process: sync on commit.
             connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         except BaseException:
             connection.close()
             raise
@@ -242,6 +303,10 @@ class Database:
                 raise HistoryCorruptError(
                     f"the history database {self.path} is damaged or not a database ({exc}); "
                     "it was left as it is: move it aside to start a new history"
+                ) from exc
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise HistoryBusyError(
+                    f"the history database {self.path} is busy (another process holds it): {exc}"
                 ) from exc
             raise HistoryError(f"the history database {self.path} failed: {exc}") from exc
         except OSError as exc:

@@ -6,17 +6,19 @@ Usage::
     python -m miragic_nb demo [--output DIR] [--notebook NAME] [--timeout SECONDS]
     python -m miragic_nb app [--port N] [--host HOST] [--save-dir DIR]
     python -m miragic_nb batch FILE --out DIR [--model M] [--size WxH] [--seed N]
-        [--concurrency N|auto] [--max-credits N] [--dry-run] [--fresh]
+        [--concurrency N|auto] [--max-credits N] [--dry-run] [--fresh] [--retry-uncertain]
+
+Each command's ``--help`` is written from its parser, every option explained.
 
 ``demo``: with no ``MIRAGIC_API_KEY`` the notebook runs on the built-in emulator (no network,
 no credits); with a key it calls the real API. The executed ``.ipynb`` and an ``.html``
 rendering are written to ``DIR`` (default ``./miragic-demo``) and their paths printed.
 
 ``app``: serves the panel alone as a web page with Voilà (the ``app`` extra), on 127.0.0.1
-with a token; see ``miragic_nb/app.py``.
+with a token; see ``miragic_nb/_cli/app.py``.
 
-``batch``: an image per line of a .txt, .csv or .jsonl file, resumable; see ``cli_batch.py``
-and ``docs/batches.md``.
+``batch``: an image per line of a .txt, .csv or .jsonl file, resumable; see
+``miragic_nb/_cli/batch.py`` and ``docs/batches.md``.
 """
 
 from __future__ import annotations

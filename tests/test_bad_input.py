@@ -251,12 +251,7 @@ PANEL_ROWS: list[tuple[dict[str, str], str, str]] = [
     (
         {"model": "kontext", "image_url": "not a url"},
         "image_url",
-        "image_url must be an http(s) URL, got 'not a url'",
-    ),
-    (
-        {"model": "gptimage", "image_url": "https://example.com/in.png"},
-        "image_url",
-        "image_url works only with model 'kontext' (image-to-image), not 'gptimage'",
+        "Image must be an http(s) URL, got 'not a url'",
     ),
 ]
 

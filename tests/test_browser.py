@@ -259,7 +259,7 @@ def check_panel_by_hand(
         timeout_ms=JOB_MS,
     )
     assert model.input_value().startswith("kontext")
-    assert field("Image URL").input_value().startswith(browser_emulator.url)
+    assert field("Image").input_value().startswith(browser_emulator.url)
 
     generate("The same lighthouse in deep winter snow", 3)
     assert page.locator(".progress-bar-danger").count() == 0

@@ -200,6 +200,13 @@ _GENERATE_LOOP = textwrap.dedent(
 
     SIGINT = {signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGINT)
+
+
+    def take_pending_interrupt():
+        # A Ctrl-C that arrived just before SIGINT was blocked again is raised by Python at its
+        # next check, which a call makes: here, inside the try, not later in the loop itself.
+        pass
+
     miragic_nb.default_client().api.poll_schedule = PollSchedule(initial_delay=0.0, min_delay=0.001)
     print("ready", flush=True)
     while not os.path.exists(sys.argv[1]):
@@ -210,6 +217,7 @@ _GENERATE_LOOP = textwrap.dedent(
                 miragic_nb.generate("a storm of interrupts", width=256, height=256, reuse=False)
             finally:
                 signal.pthread_sigmask(signal.SIG_BLOCK, SIGINT)
+                take_pending_interrupt()
         except miragic_nb.MiragicError as exc:
             outcome = f"E {exc.job_id}"
         except KeyboardInterrupt:

@@ -233,3 +233,23 @@ def test_login_help_shows_help_and_asks_for_nothing(
     refused = run("%miragic login --key sk-live-TYPED-4b3c2d")
     assert_one_short_line(refused, "UsageError: %miragic login takes no argument")
     assert "TYPED" not in refused.text
+
+
+def test_usage_shows_the_builtin_emulators_jobs_apart_at_no_credit(
+    run: Runner, ip: InteractiveShell, magic: Miragic, api: Emulator
+) -> None:
+    _make(run, ip, "--model flux", "a real job")
+    assert "Built-in emulator" in run("%miragic emulator start").io.stdout
+    placeholders = [_make(run, ip, "--model flux", f"placeholder {n}") for n in range(2)]
+    assert run("%miragic emulator stop").error is None
+    assert api.count("POST") == 1
+    text = _table(run("%miragic usage"))["text/plain"]
+    lines = text.splitlines()
+    # The server's job is the total; the emulator's two placeholders cost nothing, below it.
+    assert lines[2].split() == ["flux", "1", "1", "0", "0"]
+    assert lines[3].split() == ["total", "1", "1", "0", "0"]
+    assert lines[4].split() == ["built-in", "emulator", "(no", "credits)", "2", "0", "0", "0"]
+    assert len(lines) == 5
+    records = {record.job_id: record for record in magic._history().records()}
+    assert [records[job_id].emulator for job_id in placeholders] == [True, True]
+    assert not any(r.emulator for job_id, r in records.items() if job_id not in placeholders)

@@ -194,11 +194,6 @@ def test_two_generations_run_alongside_and_both_complete(panel: Panel, emulator:
     ("fields", "error_field", "says"),
     [
         ({"prompt": "   "}, "prompt", "prompt must be a non-empty string"),
-        (
-            {"model": "flux", "image_url": "http://127.0.0.1/in.jpg"},
-            "image_url",
-            "works only with model 'kontext'",
-        ),
         ({"model": "kontext", "image_url": "file:///etc/passwd"}, "image_url", "http(s) URL"),
         ({"seed": "-3"}, "seed", "non-negative integer"),
         ({"seed": "<b>seven</b>"}, "seed", "non-negative integer, got '<b>seven</b>'"),
@@ -223,8 +218,8 @@ def test_invalid_input_is_shown_beside_the_field_and_nothing_is_sent(
 def test_every_problem_is_shown_at_once(panel: Panel, emulator: Emulator) -> None:
     panel.prompt.value = ""
     panel.seed.value = "x"
-    panel.model.value = "turbo"
-    panel.image_url.value = "https://example.com/a.jpg"
+    panel.model.value = "kontext"
+    panel.image_url.value = "ftp://example.com/a.jpg"
     panel.generate_button.click()
     assert {name for name, box in panel.errors.items() if box.value} == {
         "prompt",
@@ -255,17 +250,16 @@ def test_size_presets_fill_width_and_height(panel: Panel) -> None:
     assert panel.size_preset.value == portrait
 
 
-def test_image_url_is_only_usable_with_kontext(panel: Panel) -> None:
+def test_the_image_field_is_only_there_for_kontext(panel: Panel) -> None:
     panel.model.value = "flux"
-    assert panel.image_url.disabled is True
-    assert "only for kontext" in panel.image_url_hint.value
+    assert panel.form.image_row.layout.display == "none"
     panel.model.value = "kontext"
-    assert panel.image_url.disabled is False
+    assert panel.form.image_row.layout.display is None
     panel.image_url.value = "https://example.com/in.jpg"
     panel.model.value = "turbo"
-    # A URL left over stays editable, so it can be cleared, and is flagged.
-    assert panel.image_url.disabled is False
-    assert "only kontext takes an input image" in panel.image_url_hint.value
+    # An image left over is kept for kontext, not sent, and said once beside the model.
+    assert panel.form.image_row.layout.display == "none"
+    assert "turbo takes no input image" in panel.image_note.value
 
 
 def test_a_failed_job_shows_the_server_message_escaped(panel: Panel, emulator: Emulator) -> None:

@@ -112,7 +112,7 @@ def test_save_writes_the_original_bytes_with_prompt_and_parameters(
     panel.save_button.click()
     saved = tmp_path / "keep.jpg"
     assert saved.is_file()
-    assert str(saved) in panel.status.value
+    assert str(saved) in panel.save_message.value
     data = saved.read_bytes()
     meta = read_embedded_metadata(data)
     assert meta is not None
@@ -134,14 +134,60 @@ def test_save_writes_the_original_bytes_with_prompt_and_parameters(
     assert panel.save(path=folder) == folder / f"miragic-{image.metadata['job_id']}.jpg"
 
 
-def test_save_into_a_missing_place_says_why_in_the_status(panel: Panel, tmp_path: Path) -> None:
+def test_save_into_a_missing_place_says_why_beside_save(panel: Panel, tmp_path: Path) -> None:
     generate(panel, "nowhere to go")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     panel.save_path.value = str(blocker / "inside.jpg")
     panel.save_button.click()
-    assert "✗" in panel.status.value
+    assert "✗" in panel.save_message.value
     assert not (blocker / "inside.jpg").exists()
+
+
+def test_save_to_a_path_ending_in_a_slash_saves_inside_a_new_folder_and_says_so_beside_save(
+    panel: Panel, tmp_path: Path
+) -> None:
+    generate(panel, "a picture for a new folder")
+    image = panel.image
+    assert image is not None
+    status = panel.status.value
+    folder = tmp_path / "some" / "folder"
+    panel.save_path.value = f"{folder}/"
+    panel.save_button.click()
+
+    saved = folder / f"miragic-{image.metadata['job_id']}.jpg"
+    assert saved.is_file()
+    assert not (tmp_path / "some" / "folder.jpg").exists()
+    meta = read_embedded_metadata(saved.read_bytes())
+    assert meta is not None
+    assert meta["job_id"] == image.metadata["job_id"]
+    # Said beside the button that was pressed, naming the file and the folder it made.
+    said = panel.save_message.value
+    assert f"Saved {saved}, in the new folder {folder}" in said
+    (row,) = [w for w in widget_tree(panel) if panel.save_button in getattr(w, "children", ())]
+    assert panel.save_message in row.children
+    assert panel.status.value == status  # the status line far above stays as it was
+
+    # Saved again into the folder, now there: the same place, and no "new folder".
+    panel.save_button.click()
+    assert "new folder" not in panel.save_message.value
+    assert sorted(p.name for p in folder.iterdir()) == [saved.name]
+
+
+def test_a_cards_save_speaks_under_that_card(
+    panel: Panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate(panel, "older")
+    generate(panel, "newer")
+    monkeypatch.chdir(tmp_path)
+    panel.save_path.value = "cards/"
+    older = panel.cards[1]
+    older.save_button.click()
+    saved = tmp_path / "cards" / f"miragic-{older.result.metadata['job_id']}.jpg"
+    assert saved.is_file()
+    assert "Saved cards/" in older.save_message.value
+    assert panel.cards[0].save_message.value == ""
+    assert panel.save_message.value == ""  # that Save is the shown result's, not this one's
 
 
 def test_no_widget_trait_holds_the_api_key(emulator: Emulator) -> None:
@@ -284,5 +330,5 @@ def test_a_blank_save_path_shows_the_file_name_not_the_servers_folders(
 
     saved = panel.save(image, path="")
     assert saved.parent == work
-    assert f"Saved {saved.name} in the current folder" in panel.status.value
-    assert "private-folder-name" not in panel.status.value
+    assert f"Saved {saved.name} in the current folder" in panel.save_message.value
+    assert "private-folder-name" not in panel.save_message.value

@@ -9,6 +9,7 @@ connection that never opened, a 429). Nothing here records anything: the engine 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -319,6 +320,7 @@ class MiragicAPI(config.HoldsKey):
         try:
             transport.refuse_link_local(url)
             with (
+                self._fresh_pools_after_ctrl_c(),
                 transport.result_fetch(),
                 self._session.head(
                     url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
@@ -368,22 +370,34 @@ class MiragicAPI(config.HoldsKey):
         self, method: str, url: str, *, job_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """The one choke point for API calls: a JSON object, or one typed error."""
-        return transport.request_json(
-            self._session,
-            method,
-            url,
-            server=self.base_url,
-            timing=self._timing.as_tuple(),
-            job_id=job_id,
-            **kwargs,
-        )
+        with self._fresh_pools_after_ctrl_c():
+            return transport.request_json(
+                self._session,
+                method,
+                url,
+                server=self.base_url,
+                timing=self._timing.as_tuple(),
+                job_id=job_id,
+                **kwargs,
+            )
 
     def _fetch(self, url: str, *, job_id: str) -> bytes:
         """A result image's bytes, size-capped; the session keeps the key on its origin."""
-        return transport.fetch_bytes(
-            self._session,
-            url,
-            timing=self._timing.as_tuple(),
-            max_bytes=self.max_download_bytes,
-            job_id=job_id,
-        )
+        with self._fresh_pools_after_ctrl_c():
+            return transport.fetch_bytes(
+                self._session,
+                url,
+                timing=self._timing.as_tuple(),
+                max_bytes=self.max_download_bytes,
+                job_id=job_id,
+            )
+
+    @contextlib.contextmanager
+    def _fresh_pools_after_ctrl_c(self) -> Iterator[None]:
+        # A Ctrl-C can land inside urllib3 while it holds a pool's lock; the next request of
+        # this client would then wait on that lock for ever.
+        try:
+            yield
+        except KeyboardInterrupt:
+            transport.mount_adapters(self._session, self.base_url, CREATE_PATH)
+            raise

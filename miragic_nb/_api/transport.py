@@ -49,6 +49,7 @@ from miragic_nb._core.errors import (
     message_from_body,
     server_text,
 )
+from miragic_nb._core.interrupts import start_without_ctrl_c
 from miragic_nb._core.polling import parse_retry_after
 from miragic_nb._core.urls import strip_userinfo
 
@@ -223,13 +224,10 @@ def make_session(
     API's origin (a plain ``requests.Session`` keeps custom headers across hosts).
     """
     origin = config.origin(base_url)
-    read_adapter = GuardedAdapter(max_retries=read_retry(), pool_maxsize=32)
     if session is None:
         session = OriginBoundSession(origin)
         session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
         session.headers["Accept"] = "application/json"
-        session.mount("https://", read_adapter)
-        session.mount("http://", read_adapter)
     else:
         if session.auth is not None:
             raise InvalidRequestError(
@@ -237,13 +235,26 @@ def make_session(
                 "only for the API's origin: pass a session without auth",
                 field="session",
             )
-        session.mount(base_url + "/", read_adapter)
         session.hooks["response"].append(_OriginGuard(origin))
-    # Longest prefix wins: the create endpoint gets the no-duplicate-job retry policy.
-    session.mount(base_url + create_path, HTTPAdapter(max_retries=create_retry(), pool_maxsize=32))
+    mount_adapters(session, base_url, create_path)
     if api_key:
         session.auth = ApiKeyAuth(api_key, origin)
     return session
+
+
+def mount_adapters(session: requests.Session, base_url: str, create_path: str) -> None:
+    """Mount fresh connection pools: ours for every origin on our own session, for the API's
+    only on a caller's. Also after a Ctrl-C inside a request, which can leave a pool's lock
+    taken (Python raises it wherever the main thread is): the old pools are dropped, never
+    closed or waited on, so the next request cannot hang on that lock."""
+    read_adapter = GuardedAdapter(max_retries=read_retry(), pool_maxsize=32)
+    if isinstance(session, OriginBoundSession):
+        session.mount("https://", read_adapter)
+        session.mount("http://", read_adapter)
+    else:
+        session.mount(base_url + "/", read_adapter)
+    # Longest prefix wins: the create endpoint gets the no-duplicate-job retry policy.
+    session.mount(base_url + create_path, HTTPAdapter(max_retries=create_retry(), pool_maxsize=32))
 
 
 class _OriginGuard:
@@ -290,7 +301,7 @@ def read_body(response: requests.Response, *, limit: int) -> bytes:
     watchdog = threading.Timer(max(left, 0.0), _shut_down, (raw, fired))
     watchdog.daemon = True
     if math.isfinite(left):
-        watchdog.start()
+        start_without_ctrl_c(watchdog)
     chunks: list[bytes] = []
     size = 0
     try:

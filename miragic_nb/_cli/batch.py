@@ -32,6 +32,7 @@ from miragic_nb._core.errors import (
 )
 from miragic_nb._core.request import FLAGS, GenerationRequest, parse_decimal
 from miragic_nb._engine.batch import Batch, BatchResult, check_budget, requests_of
+from miragic_nb._engine.pacing import AUTO_CEILING
 from miragic_nb._views.batch_progress import batch_progress
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ _COLUMNS = ("prompt", "model", *_WHOLE_NUMBERS, "image_url", *FLAGS)
 _SIZE = re.compile(r"(\d{1,5})[xX×](\d{1,5})")
 
 
+def terminal_text(text: str) -> str:
+    """A docstring's text for a terminal: without the reST markup of literals."""
+    return text.replace("``", "")
+
+
 class BadInput(Exception):
     """The file or the arguments cannot be run; the message names the line."""
 
@@ -53,15 +59,38 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "batch",
         help="generate an image per line of a .txt, .csv or .jsonl file, resumably",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=terminal_text(__doc__.split("\n\n", 1)[1] if __doc__ else ""),
     )
-    parser.add_argument("file", type=Path, metavar="FILE")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help=".txt (a prompt per line), .csv (a header row) or .jsonl (an object per line)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help=f"folder for the images and {MANIFEST} (created if missing); the same FILE "
+        "into the same DIR resumes an earlier run",
+    )
     parser.add_argument("--model", help="model for items that name none")
     parser.add_argument("--size", metavar="WxH", help="size for items that give none")
     parser.add_argument("--seed", type=int, help="seed for items that give none")
-    parser.add_argument("--concurrency", default="auto", metavar="N|auto")
-    parser.add_argument("--max-credits", type=int, metavar="N")
+    parser.add_argument(
+        "--concurrency",
+        default="auto",
+        metavar="N|auto",
+        help=f"most jobs in flight at once (default: auto, up to {AUTO_CEILING}, paced by the "
+        "rate the server admits)",
+    )
+    parser.add_argument(
+        "--max-credits",
+        type=int,
+        metavar="N",
+        help="refuse, before any request, a run that would create more than N jobs",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; send nothing")
     parser.add_argument("--fresh", action="store_true", help="start over, ignoring earlier runs")
     parser.add_argument(

@@ -68,3 +68,21 @@ def _say(notice: str) -> None:
     # stderr closed, or interrupted in the middle of its own write: the wait goes on silently.
     with contextlib.suppress(OSError, RuntimeError, ValueError):
         print(notice, file=sys.stderr, flush=True)
+
+
+def start_without_ctrl_c(thread: threading.Thread) -> None:
+    """Start ``thread`` with SIGINT blocked in it (a new thread inherits its creator's mask).
+
+    A Ctrl-C sent to the process is delivered to any thread that does not block it, and Python
+    then raises it in the main thread at whatever line that thread has reached. Keeping the
+    package's own threads out of it means a Ctrl-C is delivered where the user's code runs,
+    and is held back exactly as long as that thread holds it back.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        thread.start()
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

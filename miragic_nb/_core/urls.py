@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+#: The built-in emulator's name where a server is remembered (the history's reuse keys and
+#: its jobs' ``base_url``), whatever port it listens on in this process.
+BUILTIN_EMULATOR = "builtin-emulator:"
+
 #: A URL's scheme (optional, for ``//user@host``) and ``//``, then its userinfo up to the last
 #: ``@`` before the path.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?(//)[^/?#]*@")

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from miragic_nb._core import config, context
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError, MiragicError, server_text
-from miragic_nb._core.interrupts import deferred_interrupt
+from miragic_nb._core.interrupts import deferred_interrupt, start_without_ctrl_c
 from miragic_nb._core.jobs import Job, check_job_id
 from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
 from miragic_nb._core.states import JobState, store_status
-from miragic_nb._core.urls import strip_userinfo
+from miragic_nb._core.urls import BUILTIN_EMULATOR, strip_userinfo
 from miragic_nb._engine import budget
 from miragic_nb._engine.port import APIPort
 
@@ -56,8 +56,6 @@ MAX_CONCURRENT_JOBS = 4
 #: How long a job waits for a busy store to record its id (or look up a saved result)
 #: before leaving the write to the background writer and going on.
 CREATED_WAIT_S = 1.0
-#: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
-BUILTIN_EMULATOR = "builtin-emulator:"
 
 _T = TypeVar("_T")
 
@@ -241,7 +239,7 @@ class Workers:
         with self._lock:
             self._running.add(future)
         future.add_done_callback(self._forget)
-        threading.Thread(target=run, name="miragic-job", daemon=True).start()
+        start_without_ctrl_c(threading.Thread(target=run, name="miragic-job", daemon=True))
         return future
 
     def shutdown(self) -> None:

@@ -358,7 +358,7 @@ class Miragic(Magics, Configurable):
                 url = client.resolve_image_url(held_value(args.image_url, self._namespace()))
                 requests = [replace(request, image_url=url) for request in requests]
             except InvalidRequestError as exc:
-                raise UsageError(f"%%miragic: {exc.message}") from None
+                raise UsageError(f"%%miragic: {flag_words(exc.message)}") from None
         slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
 
         def start(handle: JobHandle, workers: Workers) -> object:
@@ -420,7 +420,7 @@ class Miragic(Magics, Configurable):
                     )
                 )
         except InvalidRequestError as exc:
-            raise UsageError(f"%%miragic: {exc.message}") from None
+            raise UsageError(f"%%miragic: {flag_words(exc.message)}") from None
         return requests, labels
 
     def _slots(
@@ -697,6 +697,20 @@ def _print_plan(requests: list[GenerationRequest]) -> None:
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "
         "(a seeded job whose result is saved comes free); nothing was sent"
     )
+
+
+#: The client's argument words in its messages, and the magic's flags for them.
+_FLAG_WORDS = (
+    (re.compile(r"\bmodel='(\w+)'"), r"--model \1"),
+    (re.compile(r"\bimage_url\b=?"), "--image-url"),
+)
+
+
+def flag_words(message: str) -> str:
+    """A message of the client's in the magic's words: ``--image-url``, not ``image_url``."""
+    for words, flag in _FLAG_WORDS:
+        message = words.sub(flag, message)
+    return message
 
 
 def _one_line(exc: BaseException | None, hint: str = "") -> str:

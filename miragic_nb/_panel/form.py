@@ -1,13 +1,15 @@
-"""The panel's form: prompt, model, size, seed and image URL, with each field's problem beside it.
+"""The panel's form: prompt, model, size, seed and input image, with each field's problem beside it.
 
 The form keeps itself consistent as the user types (a size preset follows the width and height,
-the image URL field follows the model) and reads itself into a ``GenerationRequest``, checking
-each field on its own so every problem shows at once, in the wording the magic and the client use.
+the Image field is there only for a model that takes one) and reads itself into a
+``GenerationRequest``, checking each field on its own so every problem shows at once, in the
+panel's own words: the fields' names, not the client's arguments.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from miragic_nb._core.request import (
     GenerationRequest,
 )
 from miragic_nb._engine.image_inputs import held_value, url_to_check
+from miragic_nb._panel.gallery import thumbnail_jpeg
 from miragic_nb._panel.style import ERROR_STYLE, MUTED_STYLE, WARN_STYLE, small
 
 if TYPE_CHECKING:
@@ -39,6 +42,16 @@ SIZE_PRESETS: dict[str, tuple[int, int]] = {
 CUSTOM_SIZE = "custom"
 #: The fields that can show a problem beside them.
 FIELDS = ("prompt", "model", "size", "seed", "image_url")
+#: The input image's field, as the panel names it (the client's argument is ``image_url``).
+IMAGE_FIELD = "Image"
+#: Longest side of the input image's thumbnail beside its field, in pixels.
+PREVIEW_PX = 64
+_IMAGE_URL_WORD = re.compile(r"\bimage_url\b=?")
+
+
+def in_field_words(message: str) -> str:
+    """A message of the client's in the panel's words: ``image_url`` is the Image field."""
+    return _IMAGE_URL_WORD.sub(IMAGE_FIELD, message)
 
 
 class PanelForm(widgets.VBox):  # type: ignore[misc]
@@ -83,14 +96,32 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
             style=label,
         )
         self.image_url = widgets.Text(
-            placeholder="https://…, a job id, a file or {img} (kontext only)",
-            description="Image URL",
+            placeholder="https://…, a job id, a file or {img}",
+            description=IMAGE_FIELD,
             style=label,
             layout=widgets.Layout(width="60%"),
+        )
+        #: A thumbnail of the input when the panel holds the picture (a result used as input,
+        #: a picture in a notebook variable); hidden for a URL, job id or file.
+        self.image_preview = widgets.Image(
+            format="jpeg",
+            layout=widgets.Layout(max_width=f"{PREVIEW_PX}px", height="auto", display="none"),
         )
         self.image_url_hint = widgets.HTML()
         #: Per-field error messages, shown next to the field; keys: ``FIELDS``.
         self.errors: dict[str, widgets.HTML] = {name: widgets.HTML() for name in FIELDS}
+        #: The Image field's row: shown only for a model that takes an input image.
+        self.image_row = widgets.VBox(
+            [
+                widgets.HBox(
+                    [self.image_url, self.image_preview, self.image_url_hint],
+                    layout=widgets.Layout(align_items="center"),
+                ),
+                self.errors["image_url"],
+            ]
+        )
+        #: The one message, under the model, when the chosen model leaves an input image unsent.
+        self.image_note = widgets.HTML()
 
         self.model.observe(self._on_model_change, names="value")
         self.image_url.observe(self._on_image_url_change, names="value")
@@ -105,12 +136,12 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
                 self.prompt,
                 self.errors["prompt"],
                 widgets.HBox([self.model, self.model_help]),
+                self.image_note,
                 self.errors["model"],
+                self.image_row,
                 widgets.HBox([self.size_preset, self.width, self.height]),
                 self.errors["size"],
                 widgets.HBox([self.seed, self.errors["seed"]]),
-                widgets.HBox([self.image_url, self.image_url_hint]),
-                self.errors["image_url"],
             ]
         )
         self._on_model_change()
@@ -119,7 +150,8 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
         """The request the form describes, else each field's problem (field name → message)."""
         prompt = self.prompt.value
         model = self.model.value
-        url = self.image_url.value.strip() or None
+        # The field is hidden for the other models: what it holds is kept for kontext, not sent.
+        url = (self.image_url.value.strip() or None) if self.takes_image else None
         checked_url = url_to_check(url)
         seed: Any = self.seed.value.strip() or None  # digits are accepted and converted
         checks: dict[str, Callable[[], object]] = {
@@ -136,7 +168,7 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
             try:
                 check()
             except InvalidRequestError as exc:
-                problems[name] = exc.message
+                problems[name] = in_field_words(exc.message)
         if problems:
             return problems
         return GenerationRequest(
@@ -158,13 +190,20 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
 
     def use_as_input(self, image: GeneratedImage, url: str) -> None:
         """Switch to ``kontext`` with ``url`` (``image``'s result URL) as the input image."""
+        # Kept so Generate sends a fresh URL if this one has expired by then (set first: the
+        # field's change shows its thumbnail).
+        self._input_image = image
         self.model.value = "kontext"
         self.image_url.value = url
-        # Kept so Generate sends a fresh URL if this one has expired by then.
-        self._input_image = image
+        self._on_image_url_change()
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether the chosen model takes an input image (the Image field is shown)."""
+        return self.model.value in IMAGE_INPUT_MODELS
 
     def image_input(self) -> object:
-        """What the Image URL field names: the result "Use as input" put there, a variable of
+        """What the Image field names: the result "Use as input" put there, a variable of
         the notebook (``img`` or ``{img}``), else the text (a URL, job id or file)."""
         text = self.image_url.value.strip()
         held = self._input_image
@@ -179,29 +218,48 @@ class PanelForm(widgets.VBox):  # type: ignore[misc]
 
     def _on_model_change(self, change: object = None) -> None:
         model = self.model.value
-        text = MODELS[model].replace("--image-url", "the image URL")
+        text = MODELS[model].replace("--image-url", f"the {IMAGE_FIELD} field")
         self.model_help.value = small(MUTED_STYLE, text)
+        self.image_row.layout.display = None if self.takes_image else "none"
         self._on_image_url_change()
 
     def _on_image_url_change(self, change: object = None) -> None:
-        takes_image = self.model.value in IMAGE_INPUT_MODELS
-        has_url = bool(self.image_url.value.strip())
-        # Disabled unless kontext is chosen; a URL left over from kontext stays editable so it
-        # can be cleared, and is flagged.
-        self.image_url.disabled = not takes_image and not has_url
-        if takes_image:
-            hint, style = "the picture to edit (image-to-image)", MUTED_STYLE
-        elif has_url:
-            hint = (
-                f"⚠ only kontext takes an input image: choose kontext or clear this "
-                f"field ({self.model.value} would refuse it)"
+        has_image = bool(self.image_url.value.strip())
+        self.image_url_hint.value = small(MUTED_STYLE, "the picture to edit (image-to-image)")
+        # One message, in the panel's words, while a model that takes no image is chosen.
+        self.image_note.value = (
+            small(
+                WARN_STYLE,
+                f"{self.model.value} takes no input image: the {IMAGE_FIELD} is kept for "
+                "kontext and not sent",
             )
-            style = WARN_STYLE
-        else:
-            hint, style = "only for kontext (image-to-image)", MUTED_STYLE
-        self.image_url_hint.value = small(style, hint)
+            if has_image and not self.takes_image
+            else ""
+        )
+        self._show_preview()
         self.errors["image_url"].value = ""
         self.errors["model"].value = ""
+
+    def _show_preview(self) -> None:
+        """The input's thumbnail beside the field, when the panel holds the picture."""
+        from PIL import Image
+
+        text = self.image_url.value.strip()
+        held = self._input_image
+        picture: object = None
+        if held is not None and text and text == held.metadata.get("result_url"):
+            picture = held
+        elif text and "://" not in text:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            picture = held_value(text, shell.user_ns if shell is not None else {})
+        if isinstance(picture, Image.Image):
+            self.image_preview.value = thumbnail_jpeg(picture, PREVIEW_PX)
+            self.image_preview.layout.display = None
+        else:
+            self.image_preview.layout.display = "none"
+            self.image_preview.value = b""
 
     def _on_preset_change(self, change: object = None) -> None:
         size = _preset_size(self.size_preset.value)

@@ -52,11 +52,13 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
         self.select_button = _card_button("eye", "Show this result above")
         self.use_button = _card_button(
             "arrow-right",
-            "Use as input: switch to kontext with this result's URL as the input image",
+            "Use as input: switch to kontext with this result in the Image field",
         )
         self.save_button = _card_button(
             "download", "Save the original file, with the prompt and parameters embedded"
         )
+        #: What this card's Save did (where the file went, or why not), under its buttons.
+        self.save_message = widgets.HTML(layout=widgets.Layout(width=f"{THUMBNAIL_PX}px"))
         super().__init__(
             children=[
                 self.thumbnail,
@@ -65,6 +67,7 @@ class ResultCard(widgets.VBox):  # type: ignore[misc]
                     [self.select_button, self.use_button, self.save_button],
                     layout=widgets.Layout(width=f"{THUMBNAIL_PX}px"),
                 ),
+                self.save_message,
             ],
             layout=widgets.Layout(margin="4px", padding="4px", border="1px solid transparent"),
         )
@@ -98,6 +101,9 @@ class Gallery(widgets.HBox):  # type: ignore[misc]
         self.cards.insert(0, card)
         self.children = tuple(self.cards)
 
+    def card_of(self, image: GeneratedImage) -> ResultCard | None:
+        return next((card for card in self.cards if card.result is image), None)
+
     def mark_selected(self, image: GeneratedImage) -> None:
         for card in self.cards:
             card.set_selected(card.result is image)
@@ -116,7 +122,7 @@ class SelectedResult(widgets.HBox):  # type: ignore[misc]
             icon="arrow-right",
             disabled=True,
             layout=widgets.Layout(width="auto"),
-            tooltip="Switch to kontext with this result's URL as the input image",
+            tooltip="Switch to kontext with this result in the Image field",
         )
         self.save_path = widgets.Text(
             placeholder="file or folder (default: miragic-<job>.<ext> here)",
@@ -130,13 +136,18 @@ class SelectedResult(widgets.HBox):  # type: ignore[misc]
             disabled=True,
             tooltip="Write the original file, with the prompt and parameters as metadata",
         )
+        #: What Save did (where the file went, or why not), beside the button.
+        self.save_message = widgets.HTML()
         super().__init__(
             [
                 self.image,
                 widgets.VBox(
                     [
                         self.caption,
-                        widgets.HBox([self.use_as_input_button, self.save_button]),
+                        widgets.HBox(
+                            [self.use_as_input_button, self.save_button, self.save_message],
+                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
+                        ),
                         self.save_path,
                     ],
                     layout=widgets.Layout(margin="0 0 0 12px", flex="1 1 16em"),
@@ -158,6 +169,7 @@ class SelectedResult(widgets.HBox):  # type: ignore[misc]
         )
         self.use_as_input_button.disabled = not image.metadata.get("result_url")
         self.save_button.disabled = False
+        self.save_message.value = ""  # it spoke of the result shown before
 
 
 def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:

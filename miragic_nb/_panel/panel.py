@@ -38,7 +38,7 @@ import ipywidgets as widgets
 from miragic_nb._core.errors import InvalidRequestError, MiragicError, MissingAPIKeyError
 from miragic_nb._core.states import JobState
 from miragic_nb._engine.engine import CancelledBeforeStart, Workers, on_loop
-from miragic_nb._panel.form import SIZE_PRESETS, PanelForm
+from miragic_nb._panel.form import IMAGE_FIELD, SIZE_PRESETS, PanelForm, in_field_words
 from miragic_nb._panel.gallery import Gallery, ResultCard, SelectedResult, thumbnail_jpeg
 from miragic_nb._panel.jobs import JobRows, PanelJob, cancel_message
 from miragic_nb._panel.saving import save_result
@@ -110,7 +110,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.generate_button.on_click(lambda _: self.generate())
         self.cancel_button.on_click(lambda _: self.cancel())
         self.use_as_input_button.on_click(lambda _: self._act(self.use_as_input))
-        self.save_button.on_click(lambda _: self._act(self.save))
+        self.save_button.on_click(lambda _: self._act(self.save, beside=self.save_message))
         super().__init__(
             children=[
                 self.header,
@@ -132,12 +132,13 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.size_preset, self.width, self.height = form.size_preset, form.width, form.height
         self.seed = form.seed
         self.image_url, self.image_url_hint = form.image_url, form.image_url_hint
+        self.image_preview, self.image_note = form.image_preview, form.image_note
         #: Per-field error messages, shown next to the field; keys: prompt, size, seed,
         #: image_url, model.
         self.errors = form.errors
         self.result_image, self.result_caption = result.image, result.caption
         self.use_as_input_button, self.save_button = result.use_as_input_button, result.save_button
-        self.save_path = result.save_path
+        self.save_path, self.save_message = result.save_path, result.save_message
 
     # -- what the panel has made -----------------------------------------------------------
 
@@ -197,7 +198,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
                 request = replace(request, image_url=url)
         except MiragicError as exc:
             if isinstance(exc, InvalidRequestError) and exc.field == "image_url":
-                self._show_field_problems({"image_url": exc.message})
+                self._show_field_problems({"image_url": in_field_words(exc.message)})
             else:
                 self._show_error(exc)
             return None
@@ -241,23 +242,25 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.form.use_as_input(image, url)
         self._show_status(
             MUTED_STYLE,
-            "Model set to kontext with the result as input image; edit the prompt to say what "
-            "to change, then Generate.",
+            f"Model set to kontext with the result in the {IMAGE_FIELD} field; edit the prompt "
+            "to say what to change, then Generate.",
         )
 
     def save(self, image: GeneratedImage | None = None, path: str | Path | None = None) -> Path:
         """Write ``image``'s original bytes (default: the selected result) and return the path.
 
-        ``path`` (default: the "Save to" field) may be a file or an existing folder; blank
-        means ``miragic-<job id>.<ext>`` in the current directory. The prompt and parameters
-        go into the file itself (a JPEG comment or PNG text chunk, as the history stores them);
-        for a format without a metadata slot they go into a ``.json`` file beside it.
+        ``path`` (default: the "Save to" field) may be a file or a folder (one that exists, or
+        any path ending in ``/``, created if missing); blank means ``miragic-<job id>.<ext>``
+        in the current directory. The prompt and parameters go into the file itself (a JPEG
+        comment or PNG text chunk, as the history stores them); for a format without a
+        metadata slot they go into a ``.json`` file beside it. Where the file went is said
+        beside the Save button that was pressed.
         """
         image = image if image is not None else self._selected
         if image is None:
             raise InvalidRequestError("there is no result to save yet")
         saved = save_result(image, path if path is not None else self.save_path.value)
-        self._show_status(
+        self._save_message_of(image).value = styled(
             OK_STYLE,
             f"Saved {html.escape(saved.shown)} "
             f"(prompt and parameters {html.escape(saved.metadata_where)}).",
@@ -352,7 +355,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
             image,
             select=self.select,
             use=lambda chosen: self._act(lambda: self.use_as_input(chosen)),
-            save=lambda chosen: self._act(lambda: self.save(chosen)),
+            save=lambda chosen: self._act(
+                lambda: self.save(chosen), beside=self._save_message_of(chosen)
+            ),
         )
         self.select(image)
         self._show_status(OK_STYLE, "✓ Done: " + html.escape(image.caption()))
@@ -434,12 +439,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     def _refresh_buttons(self) -> None:
         self.cancel_button.disabled = not self.running
 
-    def _act(self, action: Callable[[], object]) -> None:
-        """Run a button's action; a refusal becomes the status line instead of a traceback."""
+    def _save_message_of(self, image: GeneratedImage) -> widgets.HTML:
+        card = None if image is self._selected else self.gallery.card_of(image)
+        return self.save_message if card is None else card.save_message
+
+    def _act(self, action: Callable[[], object], *, beside: widgets.HTML | None = None) -> None:
+        """Run a button's action; a refusal becomes the status line (or the line ``beside``
+        the button) instead of a traceback."""
         try:
             action()
         except (MiragicError, OSError) as exc:
-            self._show_error(exc)
+            if beside is None:
+                self._show_error(exc)
+            else:
+                beside.value = styled(ERROR_STYLE, "✗ " + html.escape(one_line(exc)))
 
 
 def _widget_tree(roots: list[widgets.Widget]) -> list[widgets.Widget]:

@@ -7,6 +7,7 @@ history stores them); a format without a metadata slot gets a ``.json`` file bes
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +31,14 @@ class Saved:
 
 
 def save_result(image: GeneratedImage, given: str | Path) -> Saved:
-    """Write ``image`` to ``given`` (a file, an existing folder, or blank for the default name)."""
+    """Write ``image`` to ``given`` (a file, a folder, or blank for the default name); a
+    folder that does not exist yet (``some/folder/``) is created, and ``shown`` says so."""
     target = save_path(image, given)
     # A blank "Save to" names the file alone: a page served to others (the app) must not
     # show them the server's folders.
     shown = str(target) if str(given).strip() else f"{target.name} in the current folder"
+    if not target.parent.exists():
+        shown += f", in the new folder {target.parent}"
     meta = file_metadata(image)
     data, embedded = _with_metadata(image.original_bytes, meta)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +52,8 @@ def save_result(image: GeneratedImage, given: str | Path) -> Saved:
 
 
 def save_path(image: GeneratedImage, given: str | Path) -> Path:
-    """The file ``given`` names; blank means ``miragic-<job id>.<ext>`` in the current folder."""
+    """The file ``given`` names; blank means ``miragic-<job id>.<ext>`` in the current folder,
+    and a folder (one that exists, or any path ending in ``/``) that name inside it."""
     extension = _EXTENSIONS.get(image.mimetype or "", "jpg")
     # The job id comes from the server: only a sanitised form may become a file name.
     job_id = safe_stem(str(image.metadata.get("job_id") or "image"))
@@ -57,7 +62,8 @@ def save_path(image: GeneratedImage, given: str | Path) -> Path:
     if not text:
         return Path.cwd() / default_name
     path = Path(text).expanduser()
-    if path.is_dir():
+    # Path() drops a trailing "/": read it first, as the folder the user said it is.
+    if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name
     return path if path.suffix else path.with_name(f"{path.name}.{extension}")
 

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from types import TracebackType
 
 from miragic_nb._core.errors import BatchBusyError, BudgetExceededError
+from miragic_nb._core.interrupts import start_without_ctrl_c
 from miragic_nb._core.request import GenerationRequest
 from miragic_nb._store import store
 from miragic_nb._store.history import History, reuse_key
@@ -305,7 +306,9 @@ class Lease:
         self.batch_key = batch_key
         self._token = token
         self._done = threading.Event()
-        threading.Thread(target=self._renew, name="miragic-lease", daemon=True).start()
+        start_without_ctrl_c(
+            threading.Thread(target=self._renew, name="miragic-lease", daemon=True)
+        )
 
     def __enter__(self) -> Lease:
         return self

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,8 +52,10 @@ from miragic_nb._core.errors import (
     InvalidRequestError,
 )
 from miragic_nb._core.filenames import is_plain_name, safe_stem
+from miragic_nb._core.interrupts import start_without_ctrl_c
 from miragic_nb._core.request import FLAGS, GenerationRequest
 from miragic_nb._core.states import COMPLETED, FAILED, PENDING
+from miragic_nb._core.urls import BUILTIN_EMULATOR
 from miragic_nb._store import legacy, store
 
 if TYPE_CHECKING:
@@ -138,6 +140,11 @@ class HistoryRecord:
     reuse_key: str | None = None
     events: tuple[StatusEvent, ...] = ()
 
+    @property
+    def emulator(self) -> bool:
+        """Whether the built-in emulator made this job (a placeholder that cost nothing)."""
+        return self.base_url == BUILTIN_EMULATOR
+
     def metadata(self, *, reused: bool = False) -> dict[str, Any]:
         """``GeneratedImage.metadata`` for this record, with the keys every result carries."""
         from miragic_nb._core.result_info import ResultInfo
@@ -174,6 +181,8 @@ class UsageRow:
     failures: int
     #: Saved results returned instead of new jobs: each saved a credit.
     reuses: int
+    #: The built-in emulator's jobs (placeholders): ``credits`` is 0 whatever it reported.
+    emulator: bool = False
 
 
 def default_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -226,7 +235,9 @@ class History:
         """Record a job the moment the create call returns, before any waiting.
 
         ``identity`` names the server for reuse when its URL is not stable (the built-in
-        emulator listens on a new port in every process); default: ``base_url``.
+        emulator listens on a new port in every process); default: ``base_url``. The record
+        keeps that name as its ``base_url`` too: a port that died with its process says
+        nothing later, the name says the job was a placeholder that cost no credit.
         """
         return self._apply(self.created(job_id, request, base_url=base_url, identity=identity))
 
@@ -255,7 +266,7 @@ class History:
         ``record_created``."""
         fields = {
             **request.describe(),
-            "base_url": _clean_base_url(base_url),
+            "base_url": _clean_base_url(identity or base_url),
             "reuse_key": reuse_key(request, base_url=identity or base_url),
         }
         return PendingWrite(_check_job_id(job_id), "created", fields)
@@ -368,7 +379,10 @@ class History:
     def usage(
         self, since: datetime | None = None, *, by: Literal["model", "day"] = "model"
     ) -> list[UsageRow]:
-        """Credits spent, jobs, failures and reuses per model or per UTC day, since ``since``."""
+        """Credits spent, jobs, failures and reuses per model or per UTC day, since ``since``.
+
+        The built-in emulator's jobs are rows of their own (``emulator`` True) with 0 credits.
+        """
         if by not in ("model", "day"):
             raise InvalidRequestError(f"by must be 'model' or 'day', got {by!r}", field="by")
         group = "model" if by == "model" else "substr(created_at, 1, 10)"
@@ -378,25 +392,25 @@ class History:
             if connection is None:
                 return []
             totals = connection.execute(
-                f"SELECT {group}, COUNT(*), TOTAL(credits_used), SUM(status = ?) FROM jobs "
-                f"WHERE created_at >= ? GROUP BY {group}",
-                (FAILED, start),
+                f"SELECT {group}, base_url IS ?, COUNT(*), TOTAL(credits_used), SUM(status = ?) "
+                f"FROM jobs WHERE created_at >= ? GROUP BY {group}, base_url IS ?",
+                (BUILTIN_EMULATOR, FAILED, start, BUILTIN_EMULATOR),
             ).fetchall()
-            reuses = dict(
-                connection.execute(
-                    f"SELECT {reuse_group}, COUNT(*) FROM reuses JOIN jobs USING (job_id) "
-                    f"WHERE reuses.at >= ? GROUP BY {reuse_group}",
-                    (start,),
-                ).fetchall()
-            )
-        rows = {
-            key: UsageRow(key, jobs, credits, failures, 0)
-            for key, jobs, credits, failures in totals
-        }
-        for key, count in reuses.items():
-            row = rows.get(key, UsageRow(key, 0, 0.0, 0, 0))
-            rows[key] = UsageRow(row.key, row.jobs, row.credits, row.failures, count)
-        return sorted(rows.values(), key=lambda row: (row.key is None, row.key or ""))
+            reuses = connection.execute(
+                f"SELECT {reuse_group}, jobs.base_url IS ?, COUNT(*) FROM reuses "
+                f"JOIN jobs USING (job_id) WHERE reuses.at >= ? "
+                f"GROUP BY {reuse_group}, jobs.base_url IS ?",
+                (BUILTIN_EMULATOR, start, BUILTIN_EMULATOR),
+            ).fetchall()
+        rows: dict[tuple[bool, str | None], UsageRow] = {}
+        for key, emulator, jobs, credits, failures in totals:
+            # The emulator reports a credit per job, but nothing was paid for its placeholders.
+            spent = 0.0 if emulator else credits
+            rows[bool(emulator), key] = UsageRow(key, jobs, spent, failures, 0, bool(emulator))
+        for key, emulator, count in reuses:
+            row = rows.get((bool(emulator), key), UsageRow(key, 0, 0.0, 0, 0, bool(emulator)))
+            rows[bool(emulator), key] = replace(row, reuses=count)
+        return sorted(rows.values(), key=lambda row: (row.emulator, row.key is None, row.key or ""))
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -602,7 +616,7 @@ class _Writer:
                 self._thread = threading.Thread(
                     target=self._run, name="miragic-history", daemon=True
                 )
-                self._thread.start()
+                start_without_ctrl_c(self._thread)
             self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 #: Longest side of a history thumbnail, in pixels.
 THUMBNAIL_SIDE = 96
 _HISTORY_HEADERS = ("", "created", "status", "model", "size", "seed", "job", "prompt")
+#: The usage line of the built-in emulator's jobs: placeholders, not counted in the total.
+EMULATOR_LINE = "built-in emulator (no credits)"
 _USAGE_COLUMNS = ("jobs", "credits", "failed", "reused (credits saved)")
 
 
@@ -49,23 +51,31 @@ def history_bundle(records: Sequence[HistoryRecord]) -> dict[str, str]:
 
 
 def usage_bundle(rows: Sequence[UsageRow], *, by: str, title: str) -> dict[str, str]:
-    """Spending per model or per day, with a total row, under ``title``."""
+    """Spending per model or per day, with a total row, under ``title``; the built-in
+    emulator's jobs on one line of their own below it, at 0 credits."""
+    paid = [row for row in rows if not row.emulator]
     body = [
         [row.key or "?", *_usage_numbers(row.jobs, row.credits, row.failures, row.reuses)]
-        for row in rows
+        for row in paid
     ]
-    total = _usage_numbers(
-        sum(row.jobs for row in rows),
-        sum(row.credits for row in rows),
-        sum(row.failures for row in rows),
-        sum(row.reuses for row in rows),
-    )
-    body.append(["total", *total])
+    body.append(["total", *_usage_sum(paid)])
+    emulated = [row for row in rows if row.emulator]
+    if emulated:
+        body.append([EMULATOR_LINE, *_usage_sum(emulated)])
     headers = (by, *_USAGE_COLUMNS)
     return {
         "text/html": f"<p>{html.escape(title)}</p>{_html_table(headers, body)}",
         "text/plain": f"{title}\n{_text_table(headers, body)}",
     }
+
+
+def _usage_sum(rows: Sequence[UsageRow]) -> list[str]:
+    return _usage_numbers(
+        sum(row.jobs for row in rows),
+        sum(row.credits for row in rows),
+        sum(row.failures for row in rows),
+        sum(row.reuses for row in rows),
+    )
 
 
 def _usage_numbers(jobs: int, credits: float, failures: int, reuses: int) -> list[str]:

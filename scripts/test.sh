@@ -24,5 +24,6 @@ python -m ruff format --check .
 python -m mypy
 # The layers import only downwards, and the faces never reach the store or the wire.
 lint-imports
+NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 
 python -m pytest "$@"

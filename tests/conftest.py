@@ -1,19 +1,78 @@
-"""Shared fixtures: an emulator on loopback, a client pointed at it, and a clean environment."""
+"""Shared fixtures: an emulator on loopback, a client pointed at it, and a clean environment.
+
+Before anything else, the whole session is moved into a private home (see ``_sandbox``).
+"""
 
 from __future__ import annotations
 
-import signal
-import time
-from collections.abc import Callable, Iterator
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
 
-import pytest
-import requests
+#: Where a run keeps every per-user folder; xdist workers inherit it and take a subfolder.
+SANDBOX_VARIABLE = "MIRAGIC_TEST_SANDBOX"
 
-from miragic_nb.client import Client
-from miragic_nb.emulator import Emulator
-from miragic_nb.polling import PollSchedule
+#: Every per-user folder a test or what it starts (kernels, ``jupyter lab``/``notebook``,
+#: Voilà, Chromium, npm) would otherwise write in the developer's home, and where it goes.
+#: IPython's history (IPYTHONDIR), Jupyter's notebook trust database, secret and "migrated"
+#: mark (JUPYTER_*), Chromium's profile (XDG_CONFIG_HOME), dconf's cache (XDG_RUNTIME_DIR,
+#: else XDG_CACHE_HOME), npm's cache and logs (npm_config_cache); HOME catches the rest.
+#: Whatever JUPYTER_PLATFORM_DIRS says, Jupyter's folders are the JUPYTER_* or XDG ones here.
+SANDBOXED = {
+    "HOME": "home",
+    "IPYTHONDIR": "ipython",
+    "JUPYTER_CONFIG_DIR": "jupyter/config",
+    "JUPYTER_DATA_DIR": "jupyter/data",
+    "JUPYTER_RUNTIME_DIR": "jupyter/runtime",
+    "XDG_CONFIG_HOME": "xdg/config",
+    "XDG_DATA_HOME": "xdg/data",
+    "XDG_CACHE_HOME": "xdg/cache",
+    "XDG_STATE_HOME": "xdg/state",
+    "XDG_RUNTIME_DIR": "xdg/runtime",
+    "npm_config_cache": "npm/cache",
+    "npm_config_logs_dir": "npm/logs",
+    "MPLCONFIGDIR": "matplotlib",
+}
+
+
+def _sandbox() -> Path:
+    """Point every per-user folder of this process (and all it starts) into a temporary one.
+
+    Runs at import of this conftest: before any test module imports IPython or Jupyter, and,
+    in the xdist controller, before the workers are spawned (they inherit the variables and
+    each takes its own subfolder). The controller removes the whole tree when it exits.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = os.environ.get(SANDBOX_VARIABLE)
+    if worker and shared:
+        root = Path(shared) / worker
+    else:
+        root = Path(tempfile.mkdtemp(prefix="miragic-tests-"))
+        os.environ[SANDBOX_VARIABLE] = str(root)
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for variable, folder in SANDBOXED.items():
+        path = root / folder
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(path)
+    (root / "xdg/runtime").chmod(0o700)  # the XDG spec: owned by the user, mode 0700
+    return root
+
+
+SANDBOX = _sandbox()
+
+import signal  # noqa: E402 (the sandbox is in place first)
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from miragic_nb.client import Client  # noqa: E402
+from miragic_nb.emulator import Emulator  # noqa: E402
+from miragic_nb.polling import PollSchedule  # noqa: E402
 
 # A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do)
 # inherits SIGINT ignored, and so would every Python it starts. The interrupt tests need Ctrl-C
@@ -83,3 +142,15 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (it does so in this hook too)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests run one after another on one xdist worker (``--dist loadgroup``).
+
+    Each starts a Jupyter server, a kernel and Chromium: two at once on a small machine starve
+    each other into timeouts, while the other workers run the rest of the suite.
+    """
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.xdist_group("browser"))

@@ -70,9 +70,9 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
 
+from miragic_nb._core.polling import PollSchedule  # noqa: E402
 from miragic_nb.client import Client  # noqa: E402
 from miragic_nb.emulator import Emulator  # noqa: E402
-from miragic_nb.polling import PollSchedule  # noqa: E402
 
 # A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do)
 # inherits SIGINT ignored, and so would every Python it starts. The interrupt tests need Ctrl-C

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from miragic_nb._core.errors import JobTimeoutError
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._magic.magic import Miragic
 from miragic_nb.emulator import Emulator
-from miragic_nb.errors import JobTimeoutError
-from miragic_nb.images import GeneratedImage
-from miragic_nb.magic import Miragic
 
 if TYPE_CHECKING:
     from .magic_fixtures import Runner

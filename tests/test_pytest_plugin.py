@@ -71,7 +71,10 @@ def test_a_users_tests_get_the_fixtures_from_the_installed_package(
     pytester.makepyfile(test_user=USER_TESTS)
     # No conftest, no pytest_plugins, no import of miragic_nb.pytest_plugin in the user's file.
     assert [path.name for path in pytester.path.iterdir()] == ["test_user.py"]
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    # In file order: one test checks what an earlier one left (the emulator stopped), and
+    # pytest-randomly, installed here, would otherwise shuffle them (so they failed one run
+    # in two, whenever the check came first).
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-v")
     result.assert_outcomes(passed=5)
 
 

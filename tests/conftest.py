@@ -86,29 +86,31 @@ FAST_POLLS = PollSchedule(initial_delay=0.02, growth=1.3, max_delay=0.2, min_del
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's key, base URL or history."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, miragic_home: Path) -> None:
+    """No test sees the developer's key, base URL or history (the history is the one the
+    package's pytest plugin gives its client: ``miragic_home``, inside ``tmp_path``)."""
     for name in ("MIRAGIC_API_KEY", "MIRAGIC_BASE_URL", "MIRAGIC_OFFLINE_FALLBACK"):
         monkeypatch.delenv(name, raising=False)
     # Loopback traffic must never go through a proxy from the environment.
     for name in ("http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("MIRAGIC_HOME", str(tmp_path / "miragic-home"))
+    monkeypatch.setenv("MIRAGIC_HOME", str(miragic_home))
+
+
+# The suite uses the fixtures the package ships to its users (miragic_nb.pytest_plugin) under
+# the short names its tests were written with: what users get is what the suite exercises.
+@pytest.fixture
+def emulator(miragic_emulator: Emulator) -> Emulator:
+    """The plugin's emulator, its jobs a little longer: long enough to be seen running."""
+    miragic_emulator.job_seconds = 0.3
+    return miragic_emulator
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator(api_key="test-key-0123456789", job_seconds=0.3) as emu:
-        yield emu
-
-
-@pytest.fixture
-def client(emulator: Emulator) -> Iterator[Client]:
-    with Client(
-        api_key=emulator.api_key, base_url=emulator.url, poll_schedule=FAST_POLLS, timeout=20
-    ) as c:
-        yield c
+def client(miragic_client: Client) -> Client:
+    """The plugin's client: bound to ``emulator``, polling densely, history in ``miragic_home``."""
+    return miragic_client
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ export PATH="$PWD/$venv/bin:$PATH" VIRTUAL_ENV="$PWD/$venv"
 python -m ruff check .
 python -m ruff format --check .
 python -m mypy
+# The layers import only downwards, and the faces never reach the store or the wire.
+lint-imports
 
 # Random order: the seed is chosen and printed here (pytest hides its own seed line under -q);
 # pass the printed flag again to replay an order. --dist loadgroup: tests of one xdist_group

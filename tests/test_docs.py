@@ -30,7 +30,9 @@ def test_the_readme_lists_every_guarantee_of_the_reliability_page() -> None:
 
 def test_the_proving_tests_named_in_the_guarantees_exist() -> None:
     rows = guarantees_table((ROOT / "docs" / "reliability.md").read_text(encoding="utf-8"))
-    sources = {path.name: path.read_text(encoding="utf-8") for path in ROOT.glob("tests/test_*.py")}
+    sources = {
+        path.name: path.read_text(encoding="utf-8") for path in ROOT.glob("tests/**/test_*.py")
+    }
     missing = []
     for row in rows:
         proof = row.rsplit("|", 2)[1]

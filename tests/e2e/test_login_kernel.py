@@ -21,7 +21,7 @@ from jupyter_client.manager import KernelManager
 
 from miragic_nb.emulator import Emulator
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = "%config Miragic.poll_interval = 0.02\n%config Miragic.max_poll_interval = 0.2"
 
 

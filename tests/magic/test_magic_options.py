@@ -43,9 +43,18 @@ def case(*spellings: str) -> Callable[[Case], Case]:
     return register
 
 
-def forms(api: Emulator) -> list[dict[str, str]]:
+def sent(api: Emulator) -> list[dict[str, str]]:
     """The form of every create call the emulator received, in the order they came."""
     return [r.form for r in api.requests if r.method == "POST"]
+
+
+def forms(api: Emulator) -> list[dict[str, str]]:
+    """The create calls' forms, less the seed the client picks when the cell names none."""
+    return [{k: v for k, v in form.items() if k != "seed"} for form in sent(api)]
+
+
+def seeds(api: Emulator) -> list[str]:
+    return sorted((form["seed"] for form in sent(api)), key=int)
 
 
 def ok(run: Runner, source: str) -> None:
@@ -93,10 +102,10 @@ def _image_url(option: str, run: Runner, ip: InteractiveShell, api: Emulator) ->
 @case("--seed")
 def _seed(option: str, run: Runner, ip: InteractiveShell, api: Emulator) -> None:
     ok(run, f"%%miragic --size 256x256 {option} 42\na quiet harbour")
-    assert forms(api) == [{**BASE, "seed": "42"}]
+    assert sent(api) == [{**BASE, "seed": "42"}]
     api.clear_requests()
     ok(run, f"%%miragic --size 256x256 {option} 1..3\na quiet harbour")
-    assert sorted(f["seed"] for f in forms(api)) == ["1", "2", "3"]  # a range: a job per seed
+    assert seeds(api) == ["1", "2", "3"]  # a range: a job per seed
 
 
 @case("--sweep")
@@ -115,11 +124,11 @@ def _dry_run(option: str, run: Runner, ip: InteractiveShell, api: Emulator) -> N
     assert "flux 256×256 seed 2: a quiet harbour" in cell.io.stdout
 
 
-def _flag(name: str, sent: str) -> Case:
+def _flag(name: str, word: str) -> Case:
     def check(option: str, run: Runner, ip: InteractiveShell, api: Emulator) -> None:
         ok(run, f"%%miragic --size 256x256 {option}\na quiet harbour")
         # The flag goes as the API's own word, and no other switch is sent with it.
-        assert forms(api) == [{**BASE, name: sent}]
+        assert forms(api) == [{**BASE, name: word}]
 
     return check
 
@@ -146,7 +155,7 @@ def _n(option: str, run: Runner, ip: InteractiveShell, api: Emulator) -> None:
     assert forms(api) == [BASE] * 3
     api.clear_requests()
     ok(run, f"%%miragic --size 256x256 --seed 5 {option} 2\na quiet harbour")
-    assert sorted(f["seed"] for f in forms(api)) == ["5", "6"]
+    assert seeds(api) == ["5", "6"]
 
 
 @case("--fresh")
@@ -154,9 +163,9 @@ def _fresh(option: str, run: Runner, ip: InteractiveShell, api: Emulator) -> Non
     source = "%%miragic --size 256x256 --seed 9{}\na quiet harbour"
     ok(run, source.format(""))
     ok(run, source.format(""))  # a seeded request already saved is reused: nothing sent
-    assert forms(api) == [{**BASE, "seed": "9"}]
+    assert sent(api) == [{**BASE, "seed": "9"}]
     ok(run, source.format(f" {option}"))
-    assert forms(api) == [{**BASE, "seed": "9"}] * 2
+    assert sent(api) == [{**BASE, "seed": "9"}] * 2
     assert not ip.user_ns["_"].metadata.get("reused")
 
 

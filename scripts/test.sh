@@ -3,6 +3,9 @@
 # exactly the pinned toolchain (requirements/dev.txt) and this project. It installs what it needs
 # first: Debian's Chromium via apt when missing, and the virtualenv (default .venv, or
 # $MIRAGIC_VENV). Extra arguments go to pytest, e.g. `bash scripts/test.sh -k magic`.
+# pytest runs in random order (pytest-randomly, the seed printed first: pass the printed
+# `--randomly-seed=N` again to replay an order) and in parallel (pytest-xdist, a worker per core;
+# the browser tests share one worker, see tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${MIRAGIC_VENV:-.venv}
@@ -26,4 +29,9 @@ python -m mypy
 lint-imports
 NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 
-python -m pytest "$@"
+# Random order: the seed is chosen and printed here (pytest hides its own seed line under -q);
+# pass the printed flag again to replay an order. --dist loadgroup: tests of one xdist_group
+# (the browser tests) run one after another on one worker, the rest spread over every core.
+seed=${MIRAGIC_TEST_SEED:-$((RANDOM << 15 | RANDOM))}
+echo "pytest in random order, --randomly-seed=$seed; parallel: -n auto --dist loadgroup"
+python -m pytest "--randomly-seed=$seed" -n auto --dist loadgroup "$@"

@@ -31,7 +31,7 @@ def kernel(
         "MIRAGIC_API_KEY": emulator.api_key,
         "MIRAGIC_BASE_URL": emulator.url,
         "MIRAGIC_HOME": str(tmp_path / "home"),
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env, cwd=str(tmp_path))

@@ -19,11 +19,10 @@ from miragic_nb._magic.magic import Miragic
 from miragic_nb._store.history import UsageRow
 from miragic_nb._views.tables import usage_bundle
 from miragic_nb.emulator import Emulator
-
-from .test_magic_errors import assert_one_short_line
+from tests.magic.test_magic_errors import assert_one_short_line
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Run, Runner
+    from tests.magic_fixtures import Run, Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
 

@@ -32,7 +32,7 @@ from tests.browser_support import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 SECRET_KEY = "sk-browser-test-52c1e8d0a9f34b7e"
 CREATE = "/api/v1/image/generate"

@@ -18,10 +18,10 @@ import pytest
 from miragic_nb._cli import demo
 from miragic_nb._core.provenance import FIELDS
 from miragic_nb.emulator import Emulator
-from tests.test_notebooks import SECRET_KEY, keyed_emulator, keyed_environment
+from tests.e2e.test_notebooks import SECRET_KEY, keyed_emulator, keyed_environment
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Runner
+    from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
 __all__ = ["keyed_emulator"]  # a fixture, used by name

@@ -23,7 +23,7 @@ from miragic_nb._views.gallery import ImageGrid
 from miragic_nb.emulator import Emulator, Fault
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Run, Runner
+    from tests.magic_fixtures import Run, Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
 

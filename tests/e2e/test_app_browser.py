@@ -31,7 +31,7 @@ from tests.browser_support import _stop, free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET_KEY = "sk-app-test-0d9e4c2b7a1f5e83"
 #: Seconds for the command to print its URL and for Voilà to answer.
 START_S = 60.0

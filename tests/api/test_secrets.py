@@ -244,7 +244,7 @@ def test_key_is_not_in_reprs(client: Client, keyed: Emulator) -> None:
 # -- the notebook faces ------------------------------------------------------------------------
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
 
 

@@ -18,7 +18,7 @@ from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Runner
+    from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from miragic_nb import Client, GenerationRequest, InvalidRequestError
 from miragic_nb import session as builtin
 from miragic_nb.emulator import Emulator
-from tests.test_magic_errors import assert_one_short_line
+from tests.magic.test_magic_errors import assert_one_short_line
 
 if TYPE_CHECKING:
     from tests.magic_fixtures import Runner

@@ -101,7 +101,7 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
 
 
 def test_the_readmes_example_passes(pytester: pytest.Pytester) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Testing code that uses miragic-nb") :]
     example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert example is not None, "the README's testing section has no Python example"

@@ -23,7 +23,7 @@ from miragic_nb.__main__ import main as cli_main
 from miragic_nb._cli import demo
 from miragic_nb.emulator import Emulator
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("*.ipynb"))
 #: The fewest images each notebook shows when it runs through (image outputs + HTML <img>s).
 MIN_IMAGES = {"client": 5, "quickstart": 15, "panel": 3}

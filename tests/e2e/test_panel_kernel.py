@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 
 from miragic_nb.emulator import Emulator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-kernel-secret-8d41c3a0f6"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 

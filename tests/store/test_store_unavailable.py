@@ -35,9 +35,9 @@ from miragic_nb._core.states import COMPLETED
 from miragic_nb._store.history import PENDING_WRITES, History
 from miragic_nb.client import Client
 
-from .race_servers import KEY, jobs_api
+from tests.race_servers import KEY, jobs_api
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE = "http://127.0.0.1:9"
 
 _HOLD = """

@@ -25,7 +25,7 @@ import pytest
 
 from miragic_nb.emulator import Emulator
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROWS, COLUMNS = 40, 100
 _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 _OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # a window title: nothing drawn

@@ -17,7 +17,7 @@ from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Runner
+    from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]  # the ip, magic, api and run fixtures
 

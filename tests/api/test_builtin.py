@@ -9,8 +9,7 @@ import pytest
 from miragic_nb import session as builtin
 from miragic_nb._core.errors import AuthenticationError, MissingAPIKeyError
 from miragic_nb.emulator import Emulator
-
-from .conftest import FAST_POLLS
+from tests.conftest import FAST_POLLS
 
 
 @pytest.fixture(autouse=True)

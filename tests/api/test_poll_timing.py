@@ -11,8 +11,7 @@ import time
 from miragic_nb._core.polling import DurationLearner
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-
-from .conftest import FAST_POLLS
+from tests.conftest import FAST_POLLS
 
 STATUS = "/api/v1/image/jobs/"
 

@@ -13,7 +13,7 @@ from miragic_nb._views.gallery import ImageGrid
 from miragic_nb.emulator import Emulator
 
 if TYPE_CHECKING:
-    from .magic_fixtures import Runner
+    from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]  # the ip, magic, api and run fixtures
 

@@ -35,9 +35,9 @@ from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 from tests.loopback import loopback_server
-from tests.test_history import BASE, complete, jpeg_bytes, png_bytes, result
+from tests.store.test_history import BASE, complete, jpeg_bytes, png_bytes, result
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

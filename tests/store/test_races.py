@@ -20,7 +20,6 @@ import pytest
 
 from miragic_nb._store.batches import BatchStore
 from miragic_nb._store.history import History
-
 from tests.race_servers import KEY, jobs_api
 
 #: A forked child's outcome: (pid, error class name or "", message or number of images).

@@ -34,7 +34,6 @@ from miragic_nb._core.request import GenerationRequest
 from miragic_nb._core.states import COMPLETED
 from miragic_nb._store.history import PENDING_WRITES, History
 from miragic_nb.client import Client
-
 from tests.race_servers import KEY, jobs_api
 
 ROOT = Path(__file__).resolve().parents[2]

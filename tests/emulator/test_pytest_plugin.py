@@ -13,6 +13,8 @@ from tests.test_import_cost import HEAVY, modules_after
 
 pytest_plugins = ["pytester"]
 
+ROOT = Path(__file__).resolve().parents[2]
+
 USER_TESTS = """
 import socket
 from urllib.parse import urlsplit
@@ -101,10 +103,20 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
 
 
 def test_the_readmes_example_passes(pytester: pytest.Pytester) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Testing code that uses miragic-nb") :]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Testing your own code") :]
     example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert example is not None, "the README's testing section has no Python example"
     pytester.makepyfile(test_readme=example.group(1))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=example.group(1).count("\ndef test_"))
+
+
+def test_the_testing_pages_example_passes(pytester: pytest.Pytester) -> None:
+    page = (ROOT / "docs" / "testing-with-miragic.md").read_text(encoding="utf-8")
+    code, tests = re.findall(r"```python\n(.*?)```", page, re.DOTALL)[:2]
+    package = pytester.mkpydir("mypackage")
+    (package / "thumbnails.py").write_text(code, encoding="utf-8")
+    pytester.makepyfile(test_thumbnails=tests)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=tests.count("\ndef test_"))

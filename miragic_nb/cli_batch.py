@@ -12,11 +12,13 @@ from the store, open jobs are picked up by id, nothing is paid for twice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -93,6 +95,10 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
         return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).is_symlink():
+        # Appending would write wherever the link points (also refused at open, O_NOFOLLOW).
+        print(f"error: --out: {out / MANIFEST} is a symbolic link; remove it", file=sys.stderr)
+        return 2
     writer = Output(out, items)
     with batch_progress(plan, stream=sys.stderr, widgets=False) as show:
         result = batch.run(plan, keep_images=False, on_item=writer.write, on_change=show)
@@ -262,7 +268,7 @@ class Output:
             )
         with self._lock:
             self.entries[index] = entry
-            with (self.folder / MANIFEST).open("a", encoding="utf-8") as manifest:
+            with _append_no_follow(self.folder / MANIFEST) as manifest:
                 manifest.write(json.dumps(entry) + "\n")
 
     def finish(self, result: BatchResult) -> None:
@@ -273,9 +279,37 @@ class Output:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
+    """Write ``path`` whole or not at all, never through a link someone planted in the folder.
+
+    The temporary file has an unpredictable name and is created exclusively (``mkstemp``:
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``), so a symlink named like it is never opened; the rename
+    replaces whatever entry ``path`` names (a link included) instead of writing through it.
+    """
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(partial, 0o644 & ~_UMASK)  # mkstemp makes 0600; images are for sharing
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _append_no_follow(path: Path) -> IO[str]:
+    """``path`` opened for appending; an ``OSError`` if it is a symbolic link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")
+
+
+def _read_umask() -> int:
+    # Read once, at import (the CLI's main thread): os.umask can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()

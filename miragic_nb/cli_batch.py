@@ -12,13 +12,11 @@ from the store, open jobs are picked up by id, nothing is paid for twice.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from .batch import Batch, BatchResult, check_budget, requests_of
 from .batch_progress import batch_progress
 from .embedded import image_extension
 from .errors import BudgetExceededError, InvalidRequestError, MiragicError, UncertainJobError
+from .filenames import write_file_atomically
 from .request import FLAGS, GenerationRequest, parse_decimal
 
 if TYPE_CHECKING:
@@ -259,7 +258,7 @@ class Output:
         if image is not None:
             data = bytes(image.original_bytes)
             name = f"{index:0{self.width}d}-{slug(request.prompt)}.{image_extension(data, None)}"
-            _write_atomically(self.folder / name, data)
+            write_file_atomically(self.folder / name, data)
             entry.update(job_id=image.metadata.get("job_id"), status="completed", file=name)
         elif error is not None:
             uncertain = isinstance(error, UncertainJobError)
@@ -275,41 +274,10 @@ class Output:
         """Rewrite the manifest whole, one line per item in order (a rerun's appended lines
         and a killed run's partial ones are replaced)."""
         lines = "".join(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))
-        _write_atomically(self.folder / MANIFEST, lines.encode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all, never through a link someone planted in the folder.
-
-    The temporary file has an unpredictable name and is created exclusively (``mkstemp``:
-    ``O_CREAT | O_EXCL | O_NOFOLLOW``), so a symlink named like it is never opened; the rename
-    replaces whatever entry ``path`` names (a link included) instead of writing through it.
-    """
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(partial, 0o644 & ~_UMASK)  # mkstemp makes 0600; images are for sharing
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
+        write_file_atomically(self.folder / MANIFEST, lines.encode())
 
 
 def _append_no_follow(path: Path) -> IO[str]:
     """``path`` opened for appending; an ``OSError`` if it is a symbolic link."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     return os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")
-
-
-def _read_umask() -> int:
-    # Read once, at import (the CLI's main thread): os.umask can only be read by setting it.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()

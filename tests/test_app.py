@@ -60,5 +60,5 @@ def test_the_app_notebook_is_one_panel_cell_saving_into_the_folder(tmp_path: Pat
     nbformat.validate(notebook)
     (cell,) = notebook.cells
     assert f"os.chdir({str(tmp_path / 'saves')!r})" in cell.source
-    assert "panel.save_path.disabled = True" in cell.source
+    assert f"Panel(save_dir={str(tmp_path / 'saves')!r})" in cell.source
     compile(cell.source, "app-cell", "exec")

@@ -16,7 +16,7 @@ from miragic_nb import Client, GenerationRequest, InvalidRequestError
 from miragic_nb.__main__ import main
 from miragic_nb.emulator import Emulator
 from miragic_nb.panel import Panel
-from miragic_nb.request import MAX_PROMPT_CHARS
+
 from tests.hostile_servers import ScriptedApi, status_answer
 from tests.test_hostile_client import hostile_client
 
@@ -28,6 +28,8 @@ pytest_plugins = ["tests.magic_fixtures"]
 #: The prompt of the report: 479 kB.
 LONG = "a" * 479_000
 SAYS = "prompt is 479,000 characters; at most 20,000 can be sent"
+#: The limit (miragic_nb.request.MAX_PROMPT_CHARS).
+MAX_PROMPT_CHARS = 20_000
 
 
 def test_python_refuses_it_before_any_request(client: Client, emulator: Emulator) -> None:

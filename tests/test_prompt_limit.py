@@ -16,7 +16,6 @@ from miragic_nb import Client, GenerationRequest, InvalidRequestError
 from miragic_nb.__main__ import main
 from miragic_nb.emulator import Emulator
 from miragic_nb.panel import Panel
-
 from tests.hostile_servers import ScriptedApi, status_answer
 from tests.test_hostile_client import hostile_client
 

@@ -382,3 +382,11 @@ def test_usage_counts_credits_jobs_failures_and_reuses(store: History) -> None:
     assert store.usage(since=datetime.now(timezone.utc) + timedelta(minutes=1)) == []
     with pytest.raises(MiragicError, match="by must be"):
         store.usage(by="week")  # type: ignore[arg-type]
+
+
+def test_server_text_with_a_lone_surrogate_becomes_printable() -> None:
+    from miragic_nb.errors import server_text
+
+    shown = server_text("refused \ud800 here")
+    assert shown == "refused \ufffd here"
+    shown.encode("utf-8")  # what print() does in a UTF-8 terminal; raised before

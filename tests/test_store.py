@@ -261,7 +261,8 @@ def test_a_lone_surrogate_in_a_server_error_keeps_the_job_failed_error(
     assert record is not None
     assert record.status == FAILED
     assert record.error_message is not None
-    assert "refused \\ud800 here" in record.error_message
+    # Made printable where it entered (server_text): the half pair is U+FFFD.
+    assert "refused \ufffd here" in record.error_message
 
 
 def test_credentials_in_urls_are_never_stored(store: History) -> None:

@@ -1,0 +1,122 @@
+"""Mutation score of the code behind the guarantees table (a measurement, not a CI step).
+
+``python -m tests.mutation_score`` copies the repository's files into a scratch folder, writes
+mutmut's settings there (``setup.cfg``: only the modules below are mutated, only the test
+files below run), runs ``mutmut run`` and prints, per module, how many mutants the tests
+killed and which survived. It needs ``mutmut`` (3.x) in the running interpreter's
+environment: ``pip install mutmut``. See ``docs/mutation.md`` for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The modules behind the table's rows on downloads, the key and the create request.
+MODULES = (
+    "miragic_nb/_core/images.py",
+    "miragic_nb/_core/config.py",
+    "miragic_nb/_api/transport.py",
+    "miragic_nb/client.py",
+)
+#: The test files that cover them (no kernels, no browser: a mutant lives in one process).
+TESTS = (
+    "tests/test_images.py",
+    "tests/test_config.py",
+    "tests/test_key_checks.py",
+    "tests/test_secrets.py",
+    "tests/test_faults.py",
+    "tests/test_hostile_client.py",
+    "tests/test_client.py",
+    "tests/test_guarantee_functions.py",
+)
+#: Tests that only start other processes (kernels, notebooks): a mutant never reaches them.
+DESELECT = ("notebook", "kernel", "papermill")
+
+#: mutmut's exit codes per mutant, in its own words.
+KILLED, SURVIVED, NO_TESTS, TIMEOUT = 1, 0, 33, 36
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation_score", description=__doc__)
+    parser.add_argument("--module", action="append", help="a module path to mutate (repeatable)")
+    parser.add_argument("--tests", action="append", help="a test file to run (repeatable)")
+    parser.add_argument("--workdir", type=Path, help="keep the scratch copy here")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args(argv)
+    modules = [m for m in (args.module or MODULES) if (ROOT / m).exists()]
+    tests = [t for t in (args.tests or TESTS) if (ROOT / t).exists()]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="miragic-mutmut-"))
+    _copy_repository(workdir)
+    deselect = " and ".join(f"not {word}" for word in DESELECT)
+    (workdir / "setup.cfg").write_text(
+        "[mutmut]\n"
+        "source_paths = miragic_nb\n"
+        f"only_mutate =\n    {_lines(modules)}\n"
+        f"pytest_add_cli_args_test_selection =\n    {_lines(tests)}\n"
+        f"pytest_add_cli_args =\n    -p\n    no:randomly\n    -q\n    -k\n    {deselect}\n",
+        encoding="utf-8",
+    )
+    print(f"mutating {', '.join(modules)}\nwith {', '.join(tests)}\nin {workdir}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        cwd=workdir,
+        check=False,
+    )
+    if done.returncode != 0:
+        return done.returncode
+    print(report(workdir, modules))
+    return 0
+
+
+def _lines(items: Sequence[str]) -> str:
+    return "\n    ".join(items)
+
+
+def _copy_repository(workdir: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for name in files:
+        source = ROOT / name
+        if source.is_file():
+            target = workdir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def report(workdir: Path, modules: Sequence[str]) -> str:
+    """Per module: mutants, killed (timeouts count as killed), survivors, and their names."""
+    lines = ["| module | mutants | killed | survived | no test | score |", "|---|---|---|---|---|---|"]
+    survivors: list[str] = []
+    for module in modules:
+        meta = workdir / "mutants" / (module + ".meta")
+        codes: dict[str, int | None] = (
+            json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        )
+        killed = sum(1 for c in codes.values() if c in (KILLED, TIMEOUT) or (c or 0) < 0)
+        survived = [name for name, c in codes.items() if c == SURVIVED]
+        untested = sum(1 for c in codes.values() if c == NO_TESTS)
+        total = len(codes)
+        score = f"{100 * killed / total:.1f}%" if total else "-"
+        lines.append(f"| `{module}` | {total} | {killed} | {len(survived)} | {untested} | {score} |")
+        survivors.extend(survived)
+    lines.append("")
+    lines.extend(f"survived: {name}" for name in survivors)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

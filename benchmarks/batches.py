@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.request import GenerationRequest
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.images import GeneratedImage
-from miragic_nb.request import GenerationRequest
 
 from .common import CREATE_PATH, Row, Settings, client_for, emulator, mean, timed
 

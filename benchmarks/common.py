@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from miragic_nb._core.polling import PollSchedule
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.polling import PollSchedule
 
 API_KEY = "benchmark-key-0123456789"
 CREATE_PATH = "/api/v1/image/generate"

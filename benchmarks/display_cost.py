@@ -20,7 +20,7 @@ from IPython.display import display
 from IPython.utils.capture import capture_output
 from PIL import Image
 
-from miragic_nb.images import GeneratedImage
+from miragic_nb._core.images import GeneratedImage
 
 from .common import TIGHT_POLLS, Row, Settings, client_for, emulator, median
 from .photo import photo_like_jpeg

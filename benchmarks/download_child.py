@@ -21,9 +21,9 @@ from pathlib import Path
 import requests
 from PIL import Image
 
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.jobs import Job
 from miragic_nb.client import Client
-from miragic_nb.images import GeneratedImage
-from miragic_nb.jobs import Job
 
 
 def _kb(field: str) -> int:

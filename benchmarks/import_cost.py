@@ -61,7 +61,7 @@ def run(settings: Settings) -> list[Row]:
         {
             "bare": "pass",
             "lazy": "import miragic_nb",
-            "eager": "import miragic_nb, miragic_nb.client, miragic_nb.images",
+            "eager": "import miragic_nb, miragic_nb.client, miragic_nb._core.images",
         },
         repeats,
     )
@@ -72,7 +72,7 @@ def run(settings: Settings) -> list[Row]:
     )
     added = wall["lazy"] - wall["bare"]
     heavy_lazy = _heavy_loaded("import miragic_nb")
-    heavy_eager = _heavy_loaded("import miragic_nb.client, miragic_nb.images")
+    heavy_eager = _heavy_loaded("import miragic_nb.client, miragic_nb._core.images")
     heavy_ext = _heavy_loaded(
         "from IPython.core.interactiveshell import InteractiveShell\n"
         "InteractiveShell.instance().run_line_magic('load_ext', 'miragic_nb')"

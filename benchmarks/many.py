@@ -19,9 +19,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from miragic_nb.batch import BatchResult
+from miragic_nb._engine.batch import BatchResult
+from miragic_nb._store.history import History
 from miragic_nb.emulator import RateLimit
-from miragic_nb.history import History
 
 from .common import CREATE_PATH, TIGHT_POLLS, Row, Settings, client_for, emulator, timed
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from miragic_nb.polling import DurationLearner
+from miragic_nb._core.polling import DurationLearner
 
 from .common import STATUS_PATH, Row, Settings, client_for, emulator, mean
 from .reference import reference_generate

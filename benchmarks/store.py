@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from miragic_nb import store
-from miragic_nb.history import COMPLETED, History, reuse_key
-from miragic_nb.images import GeneratedImage
-from miragic_nb.request import GenerationRequest
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._store import store
+from miragic_nb._store.history import COMPLETED, History, reuse_key
 
 from .common import Row, Settings
 from .photo import photo_like_jpeg

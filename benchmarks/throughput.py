@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from miragic_nb._core.request import GenerationRequest
 from miragic_nb.client import Client
-from miragic_nb.request import GenerationRequest
 
 from .common import API_KEY, TIGHT_POLLS, Row, Settings
 

@@ -11,7 +11,7 @@ import importlib
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -31,17 +31,17 @@ from .errors import (
 
 # Bound eagerly: once the submodule is imported anywhere, Python would otherwise set the package
 # attribute ``history`` to the module, and ``miragic_nb.history()`` would stop being callable.
-from .history import History, history
+from miragic_nb._store.history import History, history
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import Client
-    from .image_inputs import set_uploader
-    from .images import GeneratedImage
-    from .jobs import Job
-    from .panel import Panel
-    from .request import GenerationRequest
+    from miragic_nb._core.images import GeneratedImage
+    from miragic_nb._core.jobs import Job
+    from miragic_nb._core.request import GenerationRequest
+    from miragic_nb._engine.image_inputs import set_uploader
+    from miragic_nb._panel.panel import Panel
+    from miragic_nb.client import Client
 
 __version__ = "0.1.0"
 
@@ -75,11 +75,11 @@ __all__ = [
 # Public names that live in modules with heavy imports, loaded on first attribute access.
 _LAZY = {
     "Client": "client",
-    "GeneratedImage": "images",
-    "Job": "jobs",
-    "GenerationRequest": "request",
-    "Panel": "panel",
-    "set_uploader": "image_inputs",
+    "GeneratedImage": "_core.images",
+    "Job": "_core.jobs",
+    "GenerationRequest": "_core.request",
+    "Panel": "_panel.panel",
+    "set_uploader": "_engine.image_inputs",
 }
 
 _default_client: Client | None = None
@@ -100,7 +100,7 @@ def default_client() -> Client:
     global _default_client
     with _default_lock:
         if _default_client is None:
-            from .client import Client
+            from miragic_nb.client import Client
 
             _default_client = Client()
         return _default_client
@@ -113,12 +113,12 @@ def generate(prompt: str, **options: Any) -> GeneratedImage:
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
     """``%load_ext miragic_nb``: register ``%%miragic`` and ``%miragic``."""
-    from .magic import load_ipython_extension as load
+    from miragic_nb._magic.magic import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
-    from .magic import unload_ipython_extension as unload
+    from miragic_nb._magic.magic import unload_ipython_extension as unload
 
     unload(ipython)

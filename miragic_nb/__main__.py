@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import app, cli_batch, demo
+from miragic_nb._cli import app, demo
+from miragic_nb._cli import batch as cli_batch
 
 
 def _parser() -> argparse.ArgumentParser:

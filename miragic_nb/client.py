@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from . import config, transport
-from .engine import Engine, JobHandle, JobState, Workers, check_timeout
-from .errors import (
+from miragic_nb._api import transport
+from miragic_nb._core import config
+from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
     DownloadError,
@@ -36,24 +36,25 @@ from .errors import (
     RateLimitError,
     server_text,
 )
-from .image_inputs import PLACEHOLDER_URL, Uploader, resolve_image_url
-from .images import MAX_PIXELS, GeneratedImage
-from .jobs import Job, check_job_id, job_id_of
-from .polling import (
+from miragic_nb._core.images import MAX_PIXELS, GeneratedImage
+from miragic_nb._core.jobs import Job, check_job_id, job_id_of
+from miragic_nb._core.polling import (
     DurationLearner,
     PollSchedule,
     RecentSubmissions,
     Submission,
 )
-from .request import GenerationRequest, RequestOptions
-from .result_info import whole_number
+from miragic_nb._core.request import GenerationRequest, RequestOptions
+from miragic_nb._core.result_info import whole_number
+from miragic_nb._engine.engine import Engine, JobHandle, JobState, Workers, check_timeout
+from miragic_nb._engine.image_inputs import PLACEHOLDER_URL, Uploader, resolve_image_url
 
 if TYPE_CHECKING:
     import requests
     from typing_extensions import Unpack
 
-    from .batch import BatchCounts, BatchResult, Plan
-    from .history import History
+    from miragic_nb._engine.batch import BatchCounts, BatchResult, Plan
+    from miragic_nb._store.history import History
 
 log = logging.getLogger("miragic_nb")
 
@@ -266,9 +267,9 @@ class Client(config.HoldsKey):
         ``max_credits`` refuses (``BudgetExceededError``) a plan creating more jobs.
         ``concurrency``: ``"auto"`` adapts to the service's rate limits; a number caps it.
         """
-        from .batch import Batch, check_budget
-        from .batch_progress import batch_progress
-        from .budget import check_session, session_limit
+        from miragic_nb._engine.batch import Batch, check_budget
+        from miragic_nb._engine.budget import check_session, session_limit
+        from miragic_nb._views.batch_progress import batch_progress
 
         batch = Batch(
             self,
@@ -592,7 +593,7 @@ class Client(config.HoldsKey):
 
 def _history(history: History | bool) -> History | None:
     if history is True:
-        from .history import History
+        from miragic_nb._store.history import History
 
         return History()
     return history or None

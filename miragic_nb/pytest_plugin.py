@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .emulator import Emulator
+    from miragic_nb.client import Client
+    from miragic_nb.emulator import Emulator
 
 #: How long an emulated job takes in the fixtures: long enough to be polled, short for a suite.
 JOB_SECONDS = 0.2
@@ -41,7 +41,7 @@ def miragic_emulator() -> Iterator[Emulator]:
     (``docs/emulator.md``); ``.requests`` and ``.count()`` tell what the code under test sent.
     Jobs take 0.2 s; set ``miragic_emulator.job_seconds`` to change that.
     """
-    from .emulator import Emulator
+    from miragic_nb.emulator import Emulator
 
     emulator = Emulator(api_key="pytest-" + secrets.token_hex(12), job_seconds=JOB_SECONDS)
     with emulator:
@@ -57,9 +57,9 @@ def miragic_home(tmp_path: Path) -> Path:
 @pytest.fixture
 def miragic_client(miragic_emulator: Emulator, miragic_home: Path) -> Iterator[Client]:
     """A ``Client`` bound to ``miragic_emulator``, recording its jobs in ``miragic_home``."""
-    from .client import Client
-    from .history import History
-    from .polling import PollSchedule
+    from miragic_nb._core.polling import PollSchedule
+    from miragic_nb._store.history import History
+    from miragic_nb.client import Client
 
     # Dense polling: the fixture's jobs are short, and a suite should not wait on them.
     polls = PollSchedule(initial_delay=0.02, growth=1.3, max_delay=0.2, min_delay=0.01)
@@ -83,9 +83,8 @@ def miragic_env(
     afterwards), so ``Client()`` and ``miragic_nb.generate`` reach the emulator.
     """
     import miragic_nb
-
-    from . import config
-    from .history import ENV_HOME
+    from miragic_nb._core import config
+    from miragic_nb._store.history import ENV_HOME
 
     monkeypatch.setenv(config.ENV_API_KEY, miragic_emulator.api_key)
     monkeypatch.setenv(config.ENV_BASE_URL, miragic_emulator.url)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import requests
 
+from miragic_nb._core.polling import PollSchedule
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.polling import PollSchedule
 from tests import guarantee_breaks
 
 # A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do)

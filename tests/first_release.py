@@ -81,7 +81,7 @@ def _image(kind: str, seed: int) -> bytes:
 
 
 def _result(old: ModuleType, job_id: str, request: Any, kind: str, seed: int) -> Any:
-    from miragic_nb.images import GeneratedImage
+    from miragic_nb._core.images import GeneratedImage
 
     meta = {
         "job_id": job_id,

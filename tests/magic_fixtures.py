@@ -15,9 +15,9 @@ from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.testing import globalipapp
 from IPython.utils.capture import CapturedIO, capture_output
 
-from miragic_nb import builtin
+from miragic_nb import session as builtin
+from miragic_nb._magic.magic import Miragic, load_ipython_extension, unload_ipython_extension
 from miragic_nb.emulator import Emulator
-from miragic_nb.magic import Miragic, load_ipython_extension, unload_ipython_extension
 
 
 @dataclass

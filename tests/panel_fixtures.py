@@ -10,8 +10,8 @@ from typing import Any
 import ipywidgets as widgets
 import pytest
 
+from miragic_nb._panel.panel import Panel
 from miragic_nb.client import Client
-from miragic_nb.panel import Panel
 
 CREATE = "/api/v1/image/generate"
 STATUS = "/api/v1/image/jobs/"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from miragic_nb._core.errors import InvalidRequestError
+from miragic_nb._store.history import CANCELLED, History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.errors import InvalidRequestError
-from miragic_nb.history import CANCELLED, History
 from tests.conftest import FAST_POLLS, eventually
 
 JOBS = "/api/v1/image/jobs/"

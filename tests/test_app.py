@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from miragic_nb import app
 from miragic_nb.__main__ import main
+from miragic_nb._cli import app
 
 
 def test_the_start_message_names_the_url_who_pays_and_the_save_folder(tmp_path: Path) -> None:

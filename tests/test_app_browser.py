@@ -25,8 +25,8 @@ import pytest
 import requests
 from PIL import Image
 
+from miragic_nb._store.history import read_embedded_metadata
 from miragic_nb.emulator import Emulator
-from miragic_nb.history import read_embedded_metadata
 from tests.browser_support import _stop, free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

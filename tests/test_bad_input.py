@@ -20,10 +20,10 @@ from PIL import Image
 from traitlets import TraitError
 
 from miragic_nb import Client, InvalidRequestError, MissingAPIKeyError
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._panel.panel import Panel
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator
-from miragic_nb.history import History
-from miragic_nb.magic import Miragic
-from miragic_nb.panel import Panel
 from tests.conftest import FAST_POLLS
 from tests.loopback import loopback_server
 from tests.panel_fixtures import panel

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from miragic_nb import UncertainJobError
-from miragic_nb.batch import Batch, BatchResult, Plan
-from miragic_nb.batch_store import BatchStore
+from miragic_nb._core.errors import BudgetExceededError, InvalidRequestError, JobFailedError
+from miragic_nb._engine.batch import Batch, BatchResult, Plan
+from miragic_nb._store.batches import BatchStore
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, RateLimit
-from miragic_nb.errors import BudgetExceededError, InvalidRequestError, JobFailedError
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS, eventually
 
 CREATE = "/api/v1/image/generate"

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from miragic_nb.batch import BatchResult, Plan
+from miragic_nb._core.errors import APIConnectionError
+from miragic_nb._engine.batch import BatchResult, Plan
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
-from miragic_nb.errors import APIConnectionError
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
 from tests.loopback import serving
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb.batch import BatchResult
-from miragic_nb.batch_store import BatchStore
+from miragic_nb._core.errors import BudgetExceededError
+from miragic_nb._engine.batch import BatchResult
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._store.batches import BatchStore
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.errors import BudgetExceededError
-from miragic_nb.magic import Miragic
 
 if TYPE_CHECKING:
     from .magic_fixtures import Runner

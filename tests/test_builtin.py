@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from miragic_nb import builtin
+from miragic_nb import session as builtin
+from miragic_nb._core.errors import AuthenticationError, MissingAPIKeyError
 from miragic_nb.emulator import Emulator
-from miragic_nb.errors import AuthenticationError, MissingAPIKeyError
 
 from .conftest import FAST_POLLS
 

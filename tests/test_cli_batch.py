@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from miragic_nb.__main__ import main
-from miragic_nb.cli_batch import slug
+from miragic_nb._cli.batch import slug
 from miragic_nb.emulator import Emulator
 
 CREATE = "/api/v1/image/generate"

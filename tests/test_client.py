@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from miragic_nb import (
-    AuthenticationError,
-    Client,
-    GeneratedImage,
-    Job,
-    JobFailedError,
-)
+from miragic_nb import AuthenticationError, Client, GeneratedImage, Job, JobFailedError
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from miragic_nb import InvalidRequestError
-from miragic_nb.config import (
+from miragic_nb._core.config import (
     DEFAULT_BASE_URL,
     api_key_from_env,
     base_url_from_env,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from miragic_nb.client import Client
-from miragic_nb.emulator import Emulator
-from miragic_nb.engine import (
+from miragic_nb._core.errors import APIError, JobFailedError, JobTimeoutError
+from miragic_nb._core.jobs import Job
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._engine.engine import (
     CancelledBeforeStart,
     Engine,
     JobHandle,
@@ -18,10 +19,9 @@ from miragic_nb.engine import (
     Workers,
     store_status,
 )
-from miragic_nb.errors import APIError, JobFailedError, JobTimeoutError
-from miragic_nb.history import History
-from miragic_nb.jobs import Job
-from miragic_nb.request import GenerationRequest
+from miragic_nb._store.history import History
+from miragic_nb.client import Client
+from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 
 CREATE = "/api/v1/image/generate"

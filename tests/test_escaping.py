@@ -24,9 +24,9 @@ except ImportError:  # ipywidgets 8.0 keeps the live widgets on the class
     _instances = Widget._active_widgets
 
 from miragic_nb import Client
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._panel.panel import Panel
 from miragic_nb.emulator import Emulator
-from miragic_nb.magic import Miragic
-from miragic_nb.panel import Panel
 from tests.panel_fixtures import html_values, panel, widget_tree
 
 if TYPE_CHECKING:

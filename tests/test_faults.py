@@ -31,9 +31,9 @@ from miragic_nb import (
     MiragicError,
     RateLimitError,
 )
+from miragic_nb._engine.engine import JobHandle, JobState
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.engine import JobHandle, JobState
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS, eventually
 
 CREATE = "/api/v1/image/generate"

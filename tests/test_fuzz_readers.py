@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from miragic_nb import Client, Job
-from miragic_nb.errors import DownloadError, MiragicError
-from miragic_nb.images import decode
+from miragic_nb._core.errors import DownloadError, MiragicError
+from miragic_nb._core.images import decode
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import JOB_ID, ScriptedApi, http_answer, status_record
 

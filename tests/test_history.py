@@ -23,8 +23,11 @@ import pytest
 from PIL import Image
 
 import miragic_nb
-from miragic_nb.client import Client
-from miragic_nb.history import (
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.jobs import Job
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.result_info import ResultInfo
+from miragic_nb._store.history import (
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -37,10 +40,7 @@ from miragic_nb.history import (
     read_embedded_metadata,
     reuse_key,
 )
-from miragic_nb.images import GeneratedImage
-from miragic_nb.jobs import Job
-from miragic_nb.request import GenerationRequest
-from miragic_nb.result_info import ResultInfo
+from miragic_nb.client import Client
 from tests.first_release import JOBS as FIRST_RELEASE_JOBS
 from tests.first_release import copy_fixture
 
@@ -753,8 +753,8 @@ def test_the_api_key_is_never_written(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_importing_history_does_not_load_pillow() -> None:
-    # So the package can expose ``miragic_nb.history`` cheaply at import time.
-    code = "import sys, miragic_nb.history; print('PIL' in sys.modules)"
+    # So the package can expose ``miragic_nb._store.history`` cheaply at import time.
+    code = "import sys, miragic_nb._store.history; print('PIL' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -770,22 +770,24 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_documented_spelling_of_the_history_readers_works() -> None:
-    # ``miragic_nb.history`` is the function (``miragic_nb.history()``); the readers the README
-    # names as ``miragic_nb.history.<name>`` are its attributes, and the module's names too.
-    spelled = set(re.findall(r"miragic_nb\.history\.([A-Za-z_]\w*)", README.read_text("utf-8")))
+    # ``miragic_nb.history`` is the function (``miragic_nb.history()``); the readers the docs name
+    # as ``miragic_nb.history.<name>`` are its attributes, the store module's own names.
+    texts = [README.read_text("utf-8")] + [
+        page.read_text("utf-8") for page in sorted((README.parent / "docs").glob("*.md"))
+    ]
+    spelled = {
+        name for text in texts for name in re.findall(r"miragic_nb\.history\.([A-Za-z_]\w*)", text)
+    }
     assert "read_embedded_metadata" in spelled
-    import miragic_nb.history as imported_as
-
-    module = sys.modules["miragic_nb.history"]
+    module = sys.modules["miragic_nb._store.history"]
     for name in spelled:
         assert getattr(miragic_nb.history, name) is getattr(module, name), name
-        assert getattr(imported_as, name) is getattr(module, name), name
     assert callable(miragic_nb.history)
     assert isinstance(miragic_nb.history(), list)
 
     # And in a fresh interpreter, as a user would type them.
     lines = [f"print(miragic_nb.history.{name}.__name__)" for name in sorted(spelled)]
-    code = "import miragic_nb\nimport miragic_nb.history\n" + "\n".join(lines)
+    code = "import miragic_nb\n" + "\n".join(lines)
     code += "\nprint(type(miragic_nb.history()).__name__)"
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -20,15 +20,15 @@ import pytest
 from PIL import EpsImagePlugin
 
 from miragic_nb import Client, GeneratedImage, Job
-from miragic_nb.errors import (
+from miragic_nb._core.errors import (
     APIConnectionError,
     DownloadError,
     JobFailedError,
     JobTimeoutError,
     MiragicError,
 )
-from miragic_nb.history import ERROR, FAILED, PENDING, TIMEOUT, History
-from miragic_nb.request import GenerationRequest
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._store.history import ERROR, FAILED, PENDING, TIMEOUT, History
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import (
     JOB_ID,

@@ -23,14 +23,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from PIL import Image
 
 import miragic_nb
-from miragic_nb import image_inputs
+from miragic_nb._core.errors import InvalidRequestError
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.provenance import METADATA_KEY
+from miragic_nb._engine import image_inputs
+from miragic_nb._panel.panel import Panel
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from miragic_nb.emulator.render import transform_image
-from miragic_nb.errors import InvalidRequestError
-from miragic_nb.images import GeneratedImage
-from miragic_nb.panel import Panel
-from miragic_nb.provenance import METADATA_KEY
 from tests.conftest import FAST_POLLS
 from tests.loopback import loopback_server
 from tests.panel_fixtures import STATUS, panel, until

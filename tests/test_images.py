@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from miragic_nb import DownloadError, GeneratedImage
-from miragic_nb.images import decode
+from miragic_nb._core.images import decode
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), color: str = "teal") -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from miragic_nb.interpolate import MAX_VALUE_CHARS, interpolate
+from miragic_nb._core.interpolate import MAX_VALUE_CHARS, interpolate
 
 NS: dict[str, Any] = {
     "style": "oil painting",

@@ -29,7 +29,7 @@ from PIL import Image
 
 import miragic_nb
 from miragic_nb import Client, GenerationRequest
-from miragic_nb.interrupts import WAITING_NOTICE, deferred_interrupt
+from miragic_nb._core.interrupts import WAITING_NOTICE, deferred_interrupt
 from tests.conftest import FAST_POLLS
 
 KEY = "interrupt-test-key"
@@ -196,7 +196,7 @@ _GENERATE_LOOP = textwrap.dedent(
     import miragic_nb
 
     faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if stuck
-    from miragic_nb.polling import PollSchedule
+    from miragic_nb._core.polling import PollSchedule
 
     SIGINT = {signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGINT)

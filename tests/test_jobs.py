@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from miragic_nb.errors import APIError
-from miragic_nb.jobs import Job
+from miragic_nb._core.errors import APIError
+from miragic_nb._core.jobs import Job
 
 # The reference's two example bodies, verbatim (its Python-dict rendering turned into JSON).
 CREATE_EXAMPLE = {

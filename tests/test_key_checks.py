@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb import Client, InvalidRequestError, builtin
-from miragic_nb.builtin import resolve_client
-from miragic_nb.config import Secret
+from miragic_nb import Client, InvalidRequestError
+from miragic_nb import session as builtin
+from miragic_nb._core.config import Secret
+from miragic_nb._panel.panel import Panel
 from miragic_nb.emulator import Emulator
-from miragic_nb.panel import Panel
+from miragic_nb.session import resolve_client
 
 if TYPE_CHECKING:
     from tests.magic_fixtures import Runner

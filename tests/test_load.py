@@ -16,8 +16,8 @@ from typing import TypeVar
 import pytest
 
 from miragic_nb import Client, GeneratedImage, GenerationRequest
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
 
 CREATE = "/api/v1/image/generate"

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._views.gallery import ImageGrid
 from miragic_nb.emulator import Emulator
-from miragic_nb.gallery import ImageGrid
-from miragic_nb.images import GeneratedImage
-from miragic_nb.magic import Miragic
 
 if TYPE_CHECKING:
     from .magic_fixtures import Runner
@@ -204,7 +204,7 @@ def test_config_refuses_bad_defaults(
 
 
 def test_ipython_config_file_settings_apply(ip: InteractiveShell) -> None:
-    from miragic_nb.magic import load_ipython_extension
+    from miragic_nb._magic.magic import load_ipython_extension
 
     ip.config.Miragic.width = 768  # what c.Miragic.width = 768 in ipython_config.py does
     load_ipython_extension(ip)
@@ -212,7 +212,7 @@ def test_ipython_config_file_settings_apply(ip: InteractiveShell) -> None:
 
 
 def test_load_twice_unload_and_reload(run: Runner, ip: InteractiveShell) -> None:
-    from miragic_nb.magic import load_ipython_extension, unload_ipython_extension
+    from miragic_nb._magic.magic import load_ipython_extension, unload_ipython_extension
 
     def count() -> int:
         return sum(type(c).__name__ == "Miragic" for c in ip.configurables)
@@ -258,7 +258,7 @@ def test_widget_progress_becomes_the_caption(
 def test_no_key_uses_the_builtin_emulator_and_says_so_once(
     run: Runner, ip: InteractiveShell, magic: Miragic, progress: str
 ) -> None:
-    from miragic_nb import builtin
+    from miragic_nb import session as builtin
 
     magic.progress = progress
     builtin.builtin_emulator().job_seconds = 0.2  # started here only to make its jobs short

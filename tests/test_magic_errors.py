@@ -10,16 +10,16 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.errors import (
+from miragic_nb._core.errors import (
     AuthenticationError,
     JobFailedError,
     JobTimeoutError,
     MissingAPIKeyError,
 )
-from miragic_nb.gallery import ImageGrid
-from miragic_nb.history import History
-from miragic_nb.magic import Miragic
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._store.history import History
+from miragic_nb._views.gallery import ImageGrid
+from miragic_nb.emulator import Emulator, Fault
 
 if TYPE_CHECKING:
     from .magic_fixtures import Run, Runner
@@ -87,14 +87,14 @@ def test_an_empty_cell_is_refused_before_anything_is_sent(run: Runner, api: Emul
 
 
 def test_invalid_options_do_not_start_the_builtin_emulator(run: Runner, magic: Miragic) -> None:
-    from miragic_nb import builtin
+    from miragic_nb import session as builtin
 
     assert run("%%miragic --width 5\nno key, bad option").error is not None
     assert builtin.builtin_emulator_running() is None
 
 
 def test_missing_key_without_the_fallback(run: Runner, magic: Miragic) -> None:
-    from miragic_nb import builtin
+    from miragic_nb import session as builtin
 
     magic.offline_fallback = False
     cell = run("%%miragic\nno key")

@@ -12,12 +12,12 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb.commands import COMMANDS, SUBCOMMANDS, parse_since
+from miragic_nb._core.request import MODELS
+from miragic_nb._magic.commands import COMMANDS, SUBCOMMANDS, parse_since
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._store.history import STATUSES, UsageRow
+from miragic_nb._views.tables import usage_bundle
 from miragic_nb.emulator import Emulator
-from miragic_nb.history import STATUSES, UsageRow
-from miragic_nb.magic import Miragic
-from miragic_nb.request import MODELS
-from miragic_nb.tables import usage_bundle
 
 from .test_magic_errors import assert_one_short_line
 

@@ -13,7 +13,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from PIL import Image
 
-from miragic_nb import Client, GenerationRequest, InvalidRequestError, builtin
+from miragic_nb import Client, GenerationRequest, InvalidRequestError
+from miragic_nb import session as builtin
 from miragic_nb.emulator import Emulator
 from tests.test_magic_errors import assert_one_short_line
 

@@ -10,12 +10,12 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from miragic_nb import builtin
-from miragic_nb.commands import SUBCOMMANDS
+from miragic_nb import session as builtin
+from miragic_nb._core.request import MODELS
+from miragic_nb._magic.commands import SUBCOMMANDS
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator
-from miragic_nb.history import History
-from miragic_nb.magic import Miragic
-from miragic_nb.request import MODELS
 
 if TYPE_CHECKING:
     from .magic_fixtures import Runner
@@ -169,7 +169,7 @@ def test_the_panel_uses_the_settings_given_with_config(
         "%config Miragic.max_poll_interval = 0.3",
     ):
         assert run(line).error is None
-    made = run(f"from miragic_nb.panel import Panel\nt_panel = {how}")
+    made = run(f"from miragic_nb._panel.panel import Panel\nt_panel = {how}")
     assert made.error is None, made.text
     panel = ip.user_ns.pop("t_panel")
     panel.prompt.value = "configured"
@@ -206,7 +206,7 @@ def test_the_panel_starts_no_emulator_until_generate(run: Runner, ip: Interactiv
 
 
 def test_panel_is_the_value_of_the_line(run: Runner, ip: InteractiveShell, api: Emulator) -> None:
-    from miragic_nb.panel import Panel
+    from miragic_nb._panel.panel import Panel
 
     cell = run("t_panel = %miragic panel")
     assert cell.error is None, cell.text

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from miragic_nb._magic.magic import Miragic
+from miragic_nb._magic.sweeps import prompts, seeds
+from miragic_nb._views.gallery import ImageGrid
 from miragic_nb.emulator import Emulator
-from miragic_nb.gallery import ImageGrid
-from miragic_nb.magic import Miragic
-from miragic_nb.sweeps import prompts, seeds
 
 if TYPE_CHECKING:
     from .magic_fixtures import Runner

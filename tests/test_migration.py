@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from miragic_nb.history import History, HistoryRecord
-from miragic_nb.request import GenerationRequest
-from miragic_nb.store import JOB_COLUMNS, parse_time
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._store.history import History, HistoryRecord
+from miragic_nb._store.store import JOB_COLUMNS, parse_time
 from tests.first_release import BASE, FIXTURE, JOBS, copy_fixture
 
 #: The record fields stored under the same name in a first-release file.

@@ -18,8 +18,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from miragic_nb import demo
 from miragic_nb.__main__ import main as cli_main
+from miragic_nb._cli import demo
 from miragic_nb.emulator import Emulator
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ import threading
 import ipywidgets as widgets
 import pytest
 
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.polling import PollSchedule
+from miragic_nb._panel.panel import Panel
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.images import GeneratedImage
-from miragic_nb.panel import Panel
-from miragic_nb.polling import PollSchedule
 from tests.panel_fixtures import CREATE, STATUS, html_values, panel, until
 
 __all__ = ["panel"]  # the fixture, used by name

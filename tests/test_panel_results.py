@@ -12,12 +12,12 @@ import ipywidgets as widgets
 import pytest
 from PIL import Image
 
-from miragic_nb import builtin
+from miragic_nb import session as builtin
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._panel.panel import Panel
+from miragic_nb._store.history import read_embedded_metadata
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.history import read_embedded_metadata
-from miragic_nb.images import GeneratedImage
-from miragic_nb.panel import Panel
 from tests.panel_fixtures import CREATE, panel, trait_text, until, widget_tree
 
 __all__ = ["panel"]  # the fixture, used by name

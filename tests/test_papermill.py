@@ -93,7 +93,7 @@ def test_a_parameterised_notebook_runs_and_shows_the_image(tmp_path: Path) -> No
 
 #: Sets up the kernel's built-in emulator to fail every job, as the real service may.
 FAIL_EVERY_JOB = (
-    "from miragic_nb import builtin\n"
+    "from miragic_nb import session as builtin\n"
     "builtin.builtin_emulator().faults.configure(\n"
     "    force_failure=True, failure_message='NSFW content detected'\n"
     ")"

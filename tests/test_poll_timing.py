@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
+from miragic_nb._core.polling import DurationLearner
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
-from miragic_nb.polling import DurationLearner
 
 from .conftest import FAST_POLLS
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from miragic_nb.polling import (
+from miragic_nb._core.polling import (
     DurationEstimate,
     DurationLearner,
     PollSchedule,

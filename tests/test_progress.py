@@ -9,8 +9,8 @@ import ipywidgets as widgets
 import pytest
 from IPython.testing import globalipapp
 
-from miragic_nb.jobs import Job
-from miragic_nb.progress import (
+from miragic_nb._core.jobs import Job
+from miragic_nb._views.progress import (
     RUNNING,
     TextProgress,
     WidgetProgress,

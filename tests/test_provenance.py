@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import nbformat
 import pytest
 
-from miragic_nb import demo
+from miragic_nb._cli import demo
+from miragic_nb._core.provenance import FIELDS
 from miragic_nb.emulator import Emulator
-from miragic_nb.provenance import FIELDS
 from tests.test_notebooks import SECRET_KEY, keyed_emulator, keyed_environment
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from miragic_nb import InvalidRequestError
-from miragic_nb.request import MODELS, GenerationRequest
+from miragic_nb._core.request import MODELS, GenerationRequest
 
 
 def test_defaults_and_form_fields() -> None:

@@ -22,12 +22,12 @@ import pytest
 import requests
 
 from miragic_nb import Client, GenerationRequest, InvalidRequestError, MiragicError
+from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator, Fault
-from miragic_nb.history import History
 from tests.conftest import FAST_POLLS
 
 if TYPE_CHECKING:
-    from miragic_nb.magic import Miragic
+    from miragic_nb._magic.magic import Miragic
     from tests.magic_fixtures import Runner
 
 pytest_plugins = ["tests.magic_fixtures"]

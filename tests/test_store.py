@@ -19,19 +19,19 @@ from typing import Any
 
 import pytest
 
-from miragic_nb import store as store_module
-from miragic_nb.client import Client
-from miragic_nb.emulator import Emulator
-from miragic_nb.errors import (
+from miragic_nb._core.errors import (
     HistoryCorruptError,
     HistoryError,
     HistoryTooNewError,
     JobFailedError,
     MiragicError,
 )
-from miragic_nb.history import COMPLETED, FAILED, TIMEOUT, History
-from miragic_nb.images import GeneratedImage
-from miragic_nb.request import GenerationRequest
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._store import store as store_module
+from miragic_nb._store.history import COMPLETED, FAILED, TIMEOUT, History
+from miragic_nb.client import Client
+from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 from tests.loopback import loopback_server
 from tests.test_history import BASE, complete, jpeg_bytes, png_bytes, result
@@ -129,9 +129,9 @@ def test_a_corrupt_history_does_not_cost_the_client_its_result(
 _WRITER = """
 import io, sys
 from PIL import Image
-from miragic_nb.history import History
-from miragic_nb.images import GeneratedImage
-from miragic_nb.request import GenerationRequest
+from miragic_nb._store.history import History
+from miragic_nb._core.images import GeneratedImage
+from miragic_nb._core.request import GenerationRequest
 
 store = History(sys.argv[1])
 start = int(sys.argv[2])

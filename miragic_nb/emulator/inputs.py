@@ -13,7 +13,7 @@ from http.client import HTTPMessage
 from typing import IO
 from urllib.parse import urlsplit
 
-from ..config import is_loopback_host
+from miragic_nb._core.config import is_loopback_host
 
 __all__ = ["InputFetchError", "fetch_input", "is_loopback_url"]
 

@@ -1,0 +1,1 @@
+"""The command line: ``python -m miragic_nb batch``, ``demo`` and ``app``."""

@@ -1,0 +1,1 @@
+"""The ``%%miragic`` cell magic and the ``%miragic`` subcommands."""

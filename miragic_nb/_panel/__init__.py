@@ -1,0 +1,1 @@
+"""The ipywidgets panel: form, job rows, gallery, saving, style."""

@@ -23,6 +23,7 @@ from tests import guarantee_breaks
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
 def pytest_configure(config: pytest.Config) -> None:
     guarantee_breaks.apply_from_environment()  # MIRAGIC_BREAK: see tests/prove_guarantees.py
 

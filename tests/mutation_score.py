@@ -99,7 +99,10 @@ def _copy_repository(workdir: Path) -> None:
 
 def report(workdir: Path, modules: Sequence[str]) -> str:
     """Per module: mutants, killed (timeouts count as killed), survivors, and their names."""
-    lines = ["| module | mutants | killed | survived | no test | score |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| module | mutants | killed | survived | no test | score |",
+        "|---|---|---|---|---|---|",
+    ]
     survivors: list[str] = []
     for module in modules:
         meta = workdir / "mutants" / (module + ".meta")
@@ -111,7 +114,9 @@ def report(workdir: Path, modules: Sequence[str]) -> str:
         untested = sum(1 for c in codes.values() if c == NO_TESTS)
         total = len(codes)
         score = f"{100 * killed / total:.1f}%" if total else "-"
-        lines.append(f"| `{module}` | {total} | {killed} | {len(survived)} | {untested} | {score} |")
+        lines.append(
+            f"| `{module}` | {total} | {killed} | {len(survived)} | {untested} | {score} |"
+        )
         survivors.extend(survived)
     lines.append("")
     lines.extend(f"survived: {name}" for name in survivors)

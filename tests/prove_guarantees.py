@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE_HEADER = "| guarantee | proved by |"
 #: Flags of every pytest run here: stop at the first failure, fixed order, quiet.
 PYTEST_FLAGS = ("-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts=")
-#: A break run whose tests hang fails by pytest-timeout's hand after this many seconds.
-BREAK_TIMEOUT_S = 120
+#: A break run stops at its first failure; a test that hangs under a break fails by
+#: pytest-timeout's hand.
+BREAK_FLAGS = ("-x", "-o", "timeout=120")
 
 
 @dataclass
@@ -169,7 +170,9 @@ def resolve(row: Row, collected: Sequence[str]) -> None:
         if range_from is not None:
             # `first` … `last`: everything between the two, in collection order.
             start, end = collected.index(range_from), collected.index(matches[-1])
-            matches = [t for t in collected[start : end + 1] if t.split("[")[0] == range_from.split("[")[0]]
+            matches = [
+                t for t in collected[start : end + 1] if t.split("[")[0] == range_from.split("[")[0]
+            ]
             range_from = None
         found.extend(t for t in matches if t not in found)
     row.test_ids = found
@@ -196,7 +199,9 @@ class Outcome:
     output: str
 
 
-def run_pytest(test_ids: Sequence[str], *, extra: Sequence[str] = (), broken: str | None = None) -> Outcome:
+def run_pytest(
+    test_ids: Sequence[str], *, extra: Sequence[str] = (), broken: str | None = None
+) -> Outcome:
     """One pytest process over ``test_ids``, with the break ``broken`` applied (or none)."""
     env = {name: value for name, value in os.environ.items() if name != "MIRAGIC_BREAK"}
     if broken is not None:
@@ -205,7 +210,15 @@ def run_pytest(test_ids: Sequence[str], *, extra: Sequence[str] = (), broken: st
         report = Path(folder) / "report.xml"
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", *PYTEST_FLAGS, *extra, f"--junitxml={report}", *test_ids],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *PYTEST_FLAGS,
+                *extra,
+                f"--junitxml={report}",
+                *test_ids,
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -227,14 +240,20 @@ def run_pytest(test_ids: Sequence[str], *, extra: Sequence[str] = (), broken: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.prove_guarantees", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.prove_guarantees", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "reliability.md")
     parser.add_argument("--row", action="append", default=[], help="only this row key (repeatable)")
-    parser.add_argument("--list", action="store_true", help="list the rows and their test ids; run nothing")
-    parser.add_argument("--skip-clean", action="store_true", help="only the break runs (the suite just passed)")
+    parser.add_argument(
+        "--list", action="store_true", help="list the rows and their test ids; run nothing"
+    )
+    parser.add_argument(
+        "--skip-clean", action="store_true", help="only the break runs (the suite just passed)"
+    )
     args = parser.parse_args(argv)
 
-    from tests.guarantee_breaks import BREAKS, EXEMPT
+    from tests.guarantee_breaks import BREAKS, EXEMPT, env_value
 
     rows = read_rows(args.table)
     if args.row:
@@ -247,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve(row, collected)
         if not row.citations:
             row.problems.append("cites no test")
-        if row.key not in BREAKS and row.key not in EXEMPT:
+        if not BREAKS.get(row.key) and row.key not in EXEMPT:
             row.problems.append("has no break in tests/guarantee_breaks.py")
     if args.list:
         for row in rows:
@@ -256,11 +275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"    {test_id}")
         return 0
 
-    print(f"{len(rows)} rows from {args.table.relative_to(ROOT) if args.table.is_relative_to(ROOT) else args.table}")
+    print(f"{len(rows)} rows from {args.table}", flush=True)
     if not args.skip_clean:
-        cited = list(dict.fromkeys(t for row in rows if row.key not in EXEMPT for t in row.test_ids))
+        cited = list(
+            dict.fromkeys(t for row in rows if row.key not in EXEMPT for t in row.test_ids)
+        )
         clean = run_pytest(cited)
-        print(f"without a break: {len(clean.passed)} of {len(cited)} cited tests passed ({clean.seconds:.0f}s)")
+        print(
+            f"without a break: {len(clean.passed)} of {len(cited)} cited tests passed "
+            f"({clean.seconds:.0f}s)",
+            flush=True,
+        )
         bad = set(clean.failed) | set(clean.errors) | (set(cited) - set(clean.passed))
         for row in rows:
             for test_id in row.test_ids:
@@ -272,24 +297,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if row.key in EXEMPT:
             print(f"  exempt   {row.key}: {EXEMPT[row.key]}")
             continue
-        if row.key not in BREAKS or not row.test_ids:
+        if not row.test_ids:
             continue
-        broken = run_pytest(row.test_ids, extra=("-x", "-o", f"timeout={BREAK_TIMEOUT_S}"), broken=row.key)
-        if broken.failed:
-            print(f"  red      {row.key}: {broken.failed[0]} ({broken.seconds:.0f}s)")
-        elif broken.returncode == 0 or broken.returncode == 1 and not broken.errors:
-            row.problems.append(f"its break ({BREAKS[row.key].__doc__ or row.key}) leaves its tests green")
-        else:
-            row.problems.append(
-                f"the break run ended without a failing test (exit {broken.returncode}, "
-                f"errors: {broken.errors[:2]}):\n{broken.output[-1500:]}"
-            )
+        for brk in BREAKS.get(row.key, ()):
+            what = f"{row.key}/{brk.__name__}"
+            run = run_pytest(row.test_ids, extra=BREAK_FLAGS, broken=env_value(row.key, brk))
+            if run.failed:
+                print(f"  red      {what}: {run.failed[0]} ({run.seconds:.0f}s)", flush=True)
+            elif run.returncode in (0, 1) and not run.errors:
+                print(f"  GREEN    {what} ({run.seconds:.0f}s)", flush=True)
+                row.problems.append(
+                    f"its break {brk.__name__} ({brk.__doc__}) leaves its tests green"
+                )
+            else:
+                print(f"  ERROR    {what} ({run.seconds:.0f}s)", flush=True)
+                row.problems.append(
+                    f"the run under {brk.__name__} ended without a failing test "
+                    f"(exit {run.returncode}, errors in {run.errors[:2]}):\n{run.output[-1500:]}"
+                )
     unproven = [row for row in rows if row.problems]
     for row in unproven:
         print(f"NOT PROVEN: {row.key}")
         for problem in row.problems:
             print(f"    {problem}")
-    print(f"{len(rows) - len(unproven)} of {len(rows)} rows proved by tests that fail when the guarantee breaks")
+    proved = len(rows) - len(unproven)
+    print(f"{proved} of {len(rows)} rows proved by tests that fail when their guarantee breaks")
     return 1 if unproven else 0
 
 

@@ -36,10 +36,12 @@ TESTS = (
     "tests/test_faults.py",
     "tests/test_hostile_client.py",
     "tests/test_client.py",
-    "tests/test_guarantee_functions.py",
+    "tests/test_guarantee_edges.py",
 )
-#: Tests that only start other processes (kernels, notebooks): a mutant never reaches them.
-DESELECT = ("notebook", "kernel", "papermill")
+#: Left out: tests that only start other processes (kernels, notebooks), which a mutant never
+#: reaches; and tests that read every frame's locals for the key, which mutmut's trampolines
+#: (frames that hold each call's arguments) fail on the unmutated code too.
+DESELECT = ("notebook", "kernel", "papermill", "traceback", "in_the_environment")
 
 #: mutmut's exit codes per mutant, in its own words.
 KILLED, SURVIVED, NO_TESTS, TIMEOUT = 1, 0, 33, 36

@@ -43,8 +43,12 @@ TESTS = (
 #: (frames that hold each call's arguments) fail on the unmutated code too.
 DESELECT = ("notebook", "kernel", "papermill", "traceback", "in_the_environment")
 
-#: mutmut's exit codes per mutant, in its own words.
-KILLED, SURVIVED, NO_TESTS, TIMEOUT = 1, 0, 33, 36
+#: mutmut's verdicts by a mutant's exit code (mutmut/stats.py); anything else is "other"
+#: (suspicious, segfault, skipped).
+KILLED = frozenset({1, 3})
+TIMEOUT = frozenset({36, 24, -24, 152, 255})
+SURVIVED = 0
+NO_TESTS = frozenset({5, 33})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,11 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tests", action="append", help="a test file to run (repeatable)")
     parser.add_argument("--workdir", type=Path, help="keep the scratch copy here")
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="in --workdir of an earlier run: copy today's tests there and run again only the "
+        "mutants that survived or had no test (a killed mutant stays killed: tests are only added)",
+    )
     args = parser.parse_args(argv)
     modules = [m for m in (args.module or MODULES) if (ROOT / m).exists()]
     tests = [t for t in (args.tests or TESTS) if (ROOT / t).exists()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="miragic-mutmut-"))
-    _copy_repository(workdir)
+    earlier: dict[str, dict[str, int | None]] = {}
+    if args.rerun_survivors:
+        earlier = {module: verdicts(workdir, module) for module in modules}
+        shutil.rmtree(workdir / "tests")
+        shutil.copytree(ROOT / "tests", workdir / "tests")
+    else:
+        _copy_repository(workdir)
     deselect = " and ".join(f"not {word}" for word in DESELECT)
     (workdir / "setup.cfg").write_text(
         "[mutmut]\n"
@@ -68,15 +84,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoding="utf-8",
     )
     print(f"mutating {', '.join(modules)}\nwith {', '.join(tests)}\nin {workdir}", flush=True)
+    again = [
+        name
+        for codes in earlier.values()
+        for name, code in codes.items()
+        if code == SURVIVED or code is None or code in NO_TESTS
+    ]
+    if earlier:
+        print(f"running again the {len(again)} mutants that survived or had no test", flush=True)
     done = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *again],
         cwd=workdir,
         check=False,
     )
     if done.returncode != 0:
         return done.returncode
-    print(report(workdir, modules))
+    print(report(workdir, modules, earlier))
     return 0
+
+
+def verdicts(workdir: Path, module: str) -> dict[str, int | None]:
+    """mutmut's exit code for each mutant of ``module`` in ``workdir`` (None: not run)."""
+    meta = workdir / "mutants" / (module + ".meta")
+    if not meta.exists():
+        return {}
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return codes
 
 
 def _lines(items: Sequence[str]) -> str:
@@ -99,25 +132,33 @@ def _copy_repository(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
-def report(workdir: Path, modules: Sequence[str]) -> str:
-    """Per module: mutants, killed (timeouts count as killed), survivors, and their names."""
+def report(
+    workdir: Path, modules: Sequence[str], earlier: dict[str, dict[str, int | None]] | None = None
+) -> str:
+    """Per module: mutants by verdict, the score (killed or timed out, of all), survivors.
+
+    With ``earlier`` verdicts, a mutant killed then counts as killed (it was not run again).
+    """
     lines = [
-        "| module | mutants | killed | survived | no test | score |",
-        "|---|---|---|---|---|---|",
+        "| module | mutants | killed | timeout | survived | no test | other | score |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     survivors: list[str] = []
     for module in modules:
-        meta = workdir / "mutants" / (module + ".meta")
-        codes: dict[str, int | None] = (
-            json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        )
-        killed = sum(1 for c in codes.values() if c in (KILLED, TIMEOUT) or (c or 0) < 0)
+        codes = verdicts(workdir, module)
+        for name, code in (earlier or {}).get(module, {}).items():
+            if code in KILLED or code in TIMEOUT:
+                codes[name] = code
+        killed = sum(1 for c in codes.values() if c in KILLED)
+        timeout = sum(1 for c in codes.values() if c in TIMEOUT)
         survived = [name for name, c in codes.items() if c == SURVIVED]
-        untested = sum(1 for c in codes.values() if c == NO_TESTS)
+        untested = sum(1 for c in codes.values() if c in NO_TESTS)
+        other = len(codes) - killed - timeout - len(survived) - untested
         total = len(codes)
-        score = f"{100 * killed / total:.1f}%" if total else "-"
+        score = f"{100 * (killed + timeout) / total:.1f}%" if total else "-"
         lines.append(
-            f"| `{module}` | {total} | {killed} | {len(survived)} | {untested} | {score} |"
+            f"| `{module}` | {total} | {killed} | {timeout} | {len(survived)} | {untested} "
+            f"| {other} | {score} |"
         )
         survivors.extend(survived)
     lines.append("")

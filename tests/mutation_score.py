@@ -10,11 +10,14 @@ environment: ``pip install mutmut``. See ``docs/mutation.md`` for the figures.
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import tokenize
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +30,60 @@ MODULES = (
     "miragic_nb/_api/transport.py",
     "miragic_nb/client.py",
 )
+#: In each module, the functions that carry a guarantee: only these are mutated (the rest of
+#: the module is fenced off with ``# pragma: no mutate start/end`` lines in the scratch copy).
+GUARANTEED = {
+    "miragic_nb/_core/images.py": {"GeneratedImage.from_bytes", "decode", "_sniff"},
+    "miragic_nb/_core/config.py": {
+        "HoldsKey.__reduce_ex__",
+        "ImmutableKey.__copy__",
+        "ImmutableKey.__deepcopy__",
+        "Secret.__init__",
+        "Secret.reveal",
+        "Secret.__repr__",
+        "Secret.__eq__",
+        "Secret.__hash__",
+        "check_api_key",
+        "api_key_from_env",
+        "base_url_from_env",
+        "is_loopback_host",
+        "normalize_base_url",
+        "origin",
+    },
+    "miragic_nb/_api/transport.py": {
+        "BoundedRetry.get_retry_after",
+        "BoundedRetry.get_backoff_time",
+        "BoundedRetry.is_exhausted",
+        "CreateRetry.is_retry",
+        "caller_paces_creates",
+        "create_retry",
+        "HeaderSecret.__repr__",
+        "ApiKeyAuth.__init__",
+        "ApiKeyAuth.__call__",
+        "ApiKeyAuth.__repr__",
+        "OriginBoundSession.__init__",
+        "OriginBoundSession.get_redirect_target",
+        "OriginBoundSession.rebuild_auth",
+        "make_session",
+        "_OriginGuard.__init__",
+        "_OriginGuard.__call__",
+        "read_body",
+        "request_json",
+        "fetch_bytes",
+        "_read_download",
+        "error_chain",
+        "never_connected",
+    },
+    "miragic_nb/client.py": {
+        "Client.__repr__",
+        "Client.create",
+        "Client.download",
+        "Client._fetch_with_retries",
+        "Client._fetch",
+        "Client._send",
+        "_as_secret",
+    },
+}
 #: The test files that cover them (no kernels, no browser: a mutant lives in one process).
 TESTS = (
     "tests/test_images.py",
@@ -74,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copytree(ROOT / "tests", workdir / "tests")
     else:
         _copy_repository(workdir)
+        for module in modules:
+            fence_off(workdir / module, GUARANTEED.get(module))
     deselect = " and ".join(f"not {word}" for word in DESELECT)
     (workdir / "setup.cfg").write_text(
         "[mutmut]\n"
@@ -110,6 +169,53 @@ def verdicts(workdir: Path, module: str) -> dict[str, int | None]:
         return {}
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     return codes
+
+
+def fence_off(path: Path, kept: set[str] | None) -> None:
+    """Mark every function of ``path`` but those named in ``kept`` with ``# pragma: no mutate
+    block`` after the colon of its ``def`` (a comment: the code runs as it is)."""
+    if kept is None:
+        return
+    source = path.read_text(encoding="utf-8")
+    starts: list[int] = []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and f"{prefix}{node.name}" not in kept
+            ):
+                starts.append(node.lineno)
+
+    visit(ast.parse(source).body, "")
+    colons = _header_colons(source)
+    lines = source.splitlines(keepends=True)
+    for start in starts:
+        end = colons[start]
+        lines[end - 1] = lines[end - 1].rstrip("\n") + "  # pragma: no mutate block\n"
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def _header_colons(source: str) -> dict[int, int]:
+    """For each line a ``def`` starts on, the line of the colon that ends its header."""
+    found: dict[int, int] = {}
+    pending: list[tuple[int, int]] = []  # (def line, bracket depth when it began)
+    depth = 0
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NAME and token.string == "def":
+            pending.append((token.start[0], depth))
+        elif token.type == tokenize.OP and token.string in "([{":
+            depth += 1
+        elif token.type == tokenize.OP and token.string in ")]}":
+            depth -= 1
+        elif token.type == tokenize.OP and token.string == ":" and pending:
+            line, at = pending[-1]
+            if depth == at:
+                found[line] = token.start[0]
+                pending.pop()
+    return found
 
 
 def _lines(items: Sequence[str]) -> str:

@@ -6,15 +6,42 @@ sockets (``tests/hostile_servers.py``) wherever bytes cross the wire.
 
 from __future__ import annotations
 
+import pickle
 import struct
+import time
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+import requests
+import urllib3
 from PIL import Image
 
+from miragic_nb import Client
+from miragic_nb._api import transport
+from miragic_nb._core.config import Secret
 from miragic_nb._core.errors import DownloadError
 from miragic_nb._core.images import MAX_PIXELS, decode
-from tests.hostile_servers import image_bytes
+from miragic_nb._core.request import GenerationRequest
+from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState
+from miragic_nb.client import CREATE_PATH
+from miragic_nb.emulator import Emulator
+from tests.conftest import FAST_POLLS
+from tests.hostile_servers import (
+    CREATE,
+    STATUS,
+    Answer,
+    HostileServer,
+    Request,
+    create_answer,
+    drip,
+    http_answer,
+    image_bytes,
+    status_answer,
+)
+
+KEY = "edge-key-0123456789"
 
 # -- decoding a result ---------------------------------------------------------------------
 
@@ -105,3 +132,253 @@ def test_an_empty_result_is_not_an_image() -> None:
         decode(b"")
     assert str(caught.value) == "the result is empty, not an image"
     assert caught.value.status_code == 200
+
+
+# -- no create after a cancel ----------------------------------------------------------------
+
+
+def test_a_job_cancelled_before_its_create_sends_nothing(
+    client: Client, emulator: Emulator
+) -> None:
+    # The engine's own check (JobHandle.begin_send, under the cancel lock), without the
+    # worker queue that also drops jobs which never started.
+    handle = JobHandle(GenerationRequest("cancelled before it was sent"))
+    assert handle.cancel() is False  # nothing was sent yet
+    with pytest.raises(CancelledBeforeStart):
+        client.engine.run(handle)
+    assert emulator.count("POST", CREATE_PATH) == 0
+    assert handle.state is JobState.CANCELLED
+    assert handle.sent is False
+
+
+# -- the key: never shown ----------------------------------------------------------------------
+
+
+def test_a_clients_repr_says_whether_a_key_is_set_and_nothing_more(emulator: Emulator) -> None:
+    with Client(api_key=emulator.api_key, base_url=emulator.url) as keyed:
+        assert repr(keyed) == f"Client(base_url={emulator.url!r}, api_key=set)"
+    with Client(base_url=emulator.url, history=False) as keyless:
+        assert repr(keyless) == f"Client(base_url={emulator.url!r}, api_key=not set)"
+    # As a traceback may show a client whose __init__ raised half-way.
+    assert repr(Client.__new__(Client)) == "Client(base_url=None, api_key=not set)"
+
+
+# -- the key: only to the API's origin ---------------------------------------------------------
+
+
+def _api_with_a_redirected_result(result: Callable[[Request], Answer]) -> HostileServer:
+    """The API on one loopback origin; its result URL ``/files/a`` redirects to ``/files/b``
+    on the same origin, which ``result`` answers."""
+
+    def route(request: Request) -> Answer:
+        if request.method == "POST" and request.path == CREATE:
+            return [create_answer()]
+        if request.path.startswith(STATUS):
+            return [status_answer(processedImageUrl="/files/a")]
+        if request.path == "/files/a":
+            return [http_answer(302, b"", headers=[("Location", "/files/b")], reason="Found")]
+        return result(request)
+
+    return HostileServer(route)
+
+
+def _needs_the_key(request: Request) -> Answer:
+    if request.headers.get("x-api-key") != KEY:
+        return [http_answer(403, b"no key", reason="Forbidden")]
+    return [http_answer(200, image_bytes("PNG"))]
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["client-session", "users-session"])
+def test_a_redirect_within_the_apis_origin_keeps_the_key(own_session: bool) -> None:
+    with _api_with_a_redirected_result(_needs_the_key) as api, requests.Session() as session:
+        options: dict[str, Any] = {"session": session} if own_session else {}
+        with Client(KEY, api.url, poll_schedule=FAST_POLLS, history=False, **options) as client:
+            image = client.generate("a result behind a same-origin redirect", timeout=10)
+    assert image.size == (64, 48)
+    (final,) = [r for r in api.requests if r.path == "/files/b"]
+    assert final.headers.get("x-api-key") == KEY
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["client-session", "users-session"])
+def test_a_redirect_to_another_origin_drops_the_key(own_session: bool) -> None:
+    with HostileServer(lambda request: [http_answer(200, image_bytes("PNG"))]) as other:
+
+        def elsewhere(request: Request) -> Answer:
+            location = f"{other.url}/files/c"
+            return [http_answer(302, b"", headers=[("Location", location)], reason="Found")]
+
+        with _api_with_a_redirected_result(elsewhere) as api, requests.Session() as session:
+            options: dict[str, Any] = {"session": session} if own_session else {}
+            with Client(KEY, api.url, poll_schedule=FAST_POLLS, history=False, **options) as c:
+                c.generate("a result on another origin", timeout=10)
+    assert [r.path for r in other.requests] == ["/files/c"]
+    assert "x-api-key" not in other.requests[0].headers
+    assert api.requests[-1].path == "/files/b"  # the last hop on the API's origin...
+    assert api.requests[-1].headers.get("x-api-key") == KEY  # ...still had the key
+
+
+# -- downloads: the size cap and the length check ----------------------------------------------
+
+
+def _result_server(answer: Answer) -> HostileServer:
+    return HostileServer(lambda request: list(answer))
+
+
+def _fetch(url: str, *, max_bytes: int = 1000, seconds: float = 10.0) -> bytes:
+    with requests.Session() as session, transport.deadline(time.monotonic() + seconds):
+        return transport.fetch_bytes(
+            session, url + "/r.png", timing=(5.0, 5.0), max_bytes=max_bytes, job_id="job-1"
+        )
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_read() -> None:
+    with _result_server([http_answer(200, b"x" * 1001)]) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url, max_bytes=1000)
+    assert str(caught.value) == "result is 1,001 bytes, over the 1,000-byte cap (job job-1)"
+    assert (caught.value.status_code, caught.value.job_id) == (200, "job-1")
+
+
+def test_a_body_of_exactly_the_cap_is_accepted() -> None:
+    with _result_server([http_answer(200, b"x" * 1000)]) as server:
+        assert _fetch(server.url, max_bytes=1000) == b"x" * 1000
+
+
+def test_an_undeclared_body_over_the_cap_is_cut_off() -> None:
+    # No Content-Length: the body ends when the server closes, so the cap is counted.
+    answer = http_answer(200, b"x" * 5000, content_length=False)
+    with _result_server([answer]) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url, max_bytes=1000)
+    assert str(caught.value) == "result exceeds the 1,000-byte cap (job job-1)"
+    assert (caught.value.status_code, caught.value.job_id) == (200, "job-1")
+
+
+def test_an_undeclared_body_within_the_cap_is_read_whole() -> None:
+    answer = http_answer(200, b"y" * 999, content_length=False)
+    with _result_server([answer]) as server:
+        assert _fetch(server.url) == b"y" * 999
+
+
+def test_a_body_cut_short_is_a_transient_failure() -> None:
+    # Content-Length says 2000, the server sends 1000 and closes: status 0 means "retry".
+    answer = http_answer(200, b"z" * 1000, headers=[("Content-Length", "2000")])
+    with _result_server([answer]) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url, max_bytes=5000)
+    assert str(caught.value).startswith("result download failed: IncompleteRead(")
+    assert (caught.value.status_code, caught.value.job_id) == (0, "job-1")
+
+
+def test_a_body_still_arriving_at_the_deadline_is_not_finished_in_time() -> None:
+    head = http_answer(200, b"", headers=[("Content-Length", "100")])
+    with HostileServer(lambda request: drip(head)) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url, seconds=1.0)
+    assert str(caught.value) == "result download did not finish in time (job job-1)"
+    assert (caught.value.status_code, caught.value.job_id) == (0, "job-1")
+
+
+# -- retries: bounded by the deadline ----------------------------------------------------------
+
+
+def _answer_with(headers: dict[str, str]) -> Any:
+    return urllib3.HTTPResponse(body=b"", headers=headers, status=429, preload_content=False)
+
+
+def test_retry_after_zero_is_no_pause() -> None:
+    retry = transport.create_retry()
+    assert retry.get_retry_after(_answer_with({"Retry-After": "0"})) == 0.0
+    assert retry.get_retry_after(_answer_with({})) is None
+
+
+def test_retry_after_is_capped_by_the_time_left() -> None:
+    with transport.deadline(time.monotonic() + 3.0):
+        pause = transport.create_retry().get_retry_after(_answer_with({"Retry-After": "25"}))
+    assert pause is not None
+    assert 2.0 < pause <= 3.0
+
+
+def test_retry_after_is_capped_for_status_reads_and_for_creates() -> None:
+    huge = _answer_with({"Retry-After": "3600"})
+    assert transport.read_retry().get_retry_after(huge) == transport.MAX_READ_RETRY_AFTER_S
+    assert transport.create_retry().get_retry_after(huge) == transport.MAX_CREATE_RETRY_AFTER_S
+
+
+def test_a_first_retry_has_no_backoff() -> None:
+    assert transport.create_retry().get_backoff_time() == 0.0
+
+
+def test_retries_are_exhausted_once_the_deadline_has_passed_and_not_before() -> None:
+    with transport.deadline(time.monotonic() - 0.1):
+        assert transport.create_retry().is_exhausted()
+    # Not exhausted while time is left, even under a second (a stalled test only makes
+    # this deadline pass sooner, never later).
+    with transport.deadline(time.monotonic() + 0.9):
+        assert not transport.read_retry().is_exhausted()
+
+
+def test_a_429_on_create_is_not_retried_while_the_caller_paces_creates() -> None:
+    retry = transport.create_retry()
+    assert retry.is_retry("POST", 429, has_retry_after=True)
+    assert not retry.is_retry("POST", 503, has_retry_after=True)
+    with transport.caller_paces_creates():
+        assert not retry.is_retry("POST", 429, has_retry_after=True)
+    assert retry.is_retry("POST", 429, has_retry_after=True)
+
+
+# -- never sent twice: which failures certainly reached no server ------------------------------
+
+
+def test_the_error_chain_follows_args_reason_cause_and_context() -> None:
+    root = ConnectionRefusedError(111, "Connection refused")
+    by_args = OSError("outer", root)
+    assert transport.error_chain(by_args) == [by_args, root]
+    by_reason = urllib3.exceptions.MaxRetryError(None, "http://x", reason=root)  # type: ignore[arg-type]
+    assert transport.error_chain(by_reason)[-1] is root
+    caused = ValueError("outer")
+    caused.__cause__ = root
+    assert transport.error_chain(caused) == [caused, root]
+    # ``raise ... from None`` only hides the context from tracebacks: it is still followed.
+    suppressed = ValueError("while handling")
+    suppressed.__context__ = root
+    suppressed.__suppress_context__ = True
+    assert transport.error_chain(suppressed) == [suppressed, root]
+    both = ValueError("outer")
+    both.__cause__, both.__context__ = root, KeyError("context")
+    assert transport.error_chain(both) == [both, root]
+    looped = OSError("a")
+    looped.__cause__ = looped
+    assert transport.error_chain(looped) == [looped]
+
+
+def test_only_a_connection_that_never_opened_counts_as_never_sent() -> None:
+    with requests.Session() as session:
+        listener = HostileServer(lambda request: [])
+        port = listener.url.rsplit(":", 1)[1]
+        listener.close()  # nothing listens there any more: connection refused
+        with pytest.raises(requests.ConnectionError) as refused:
+            session.post(f"http://127.0.0.1:{port}/x", timeout=5)
+    assert transport.never_connected(refused.value)
+    assert transport.never_connected(requests.ConnectTimeout())
+    assert not transport.never_connected(requests.ReadTimeout())
+    assert not transport.never_connected(requests.ConnectionError("reset by peer"))
+
+
+# -- the key's holders ---------------------------------------------------------------------------
+
+
+def test_pickling_a_key_holder_says_why_in_full() -> None:
+    with pytest.raises(TypeError) as caught:
+        pickle.dumps(Secret("k-123"))
+    assert str(caught.value) == (
+        "Secret holds the Miragic API key, so it cannot be pickled: the pickle would hold the "
+        "key in clear text. Make a new Client where it is needed (it reads MIRAGIC_API_KEY)"
+    )
+
+
+def test_secrets_are_equal_by_value_and_only_to_secrets() -> None:
+    assert Secret("k-1") == Secret("k-1")
+    assert Secret("k-1") != Secret("k-2")
+    assert Secret("k-1") != "k-1"
+    assert len({Secret("k-1"), Secret("k-1"), Secret("k-2")}) == 2

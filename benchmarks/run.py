@@ -23,6 +23,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         download_decode,
         import_cost,
         many,
+        pacing,
         polling_latency,
         store,
         throughput,
@@ -37,6 +38,7 @@ def _benchmarks() -> dict[str, Callable[[Settings], list[Row]]]:
         "throughput": throughput.run,
         "store": store.run,
         "many": many.run,
+        "pacing": pacing.run,
     }
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from miragic_nb._core.images import GeneratedImage
 from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.states import COMPLETED
 from miragic_nb._store import store
-from miragic_nb._store.history import COMPLETED, History, reuse_key
+from miragic_nb._store.history import History, reuse_key
 
 from .common import Row, Settings
 from .photo import photo_like_jpeg

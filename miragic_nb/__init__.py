@@ -8,7 +8,6 @@ Pillow and ipywidgets load only when first used.
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import TYPE_CHECKING, Any
 
 from miragic_nb._core.errors import (
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
     from miragic_nb._core.jobs import Job
     from miragic_nb._core.request import GenerationRequest
+    from miragic_nb._core.states import JobState
+    from miragic_nb._engine.batch import BatchCounts, BatchResult, Plan
     from miragic_nb._engine.image_inputs import set_uploader
     from miragic_nb._panel.panel import Panel
     from miragic_nb.client import Client
@@ -49,6 +50,8 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "AuthenticationError",
+    "BatchCounts",
+    "BatchResult",
     "BudgetExceededError",
     "Client",
     "DownloadError",
@@ -61,12 +64,15 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobFailedError",
+    "JobState",
     "JobTimeoutError",
     "MiragicError",
     "MissingAPIKeyError",
     "Panel",
+    "Plan",
     "RateLimitError",
     "UncertainJobError",
+    "default_client",
     "generate",
     "history",
     "set_uploader",
@@ -80,10 +86,11 @@ _LAZY = {
     "GenerationRequest": "_core.request",
     "Panel": "_panel.panel",
     "set_uploader": "_engine.image_inputs",
+    "JobState": "_core.states",
+    "BatchResult": "_engine.batch",
+    "BatchCounts": "_engine.batch",
+    "Plan": "_engine.batch",
 }
-
-_default_client: Client | None = None
-_default_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
@@ -96,14 +103,11 @@ def __getattr__(name: str) -> Any:
 
 
 def default_client() -> Client:
-    """The client ``generate`` uses, made from the environment on first use."""
-    global _default_client
-    with _default_lock:
-        if _default_client is None:
-            from miragic_nb.client import Client
+    """The client ``generate`` uses: the session's, from the loaded extension's settings or the
+    environment (the built-in emulator when no key and no base URL are set)."""
+    from miragic_nb.session import default_client as session_client
 
-            _default_client = Client()
-        return _default_client
+    return session_client()
 
 
 def generate(prompt: str, **options: Any) -> GeneratedImage:

@@ -82,13 +82,10 @@ def miragic_env(
     Sets ``MIRAGIC_API_KEY``, ``MIRAGIC_BASE_URL`` and ``MIRAGIC_HOME`` for the test (undone
     afterwards), so ``Client()`` and ``miragic_nb.generate`` reach the emulator.
     """
-    import miragic_nb
     from miragic_nb._core import config
     from miragic_nb._store.history import ENV_HOME
 
     monkeypatch.setenv(config.ENV_API_KEY, miragic_emulator.api_key)
     monkeypatch.setenv(config.ENV_BASE_URL, miragic_emulator.url)
     monkeypatch.setenv(ENV_HOME, str(miragic_home))
-    # generate() keeps the client it made from the environment; start this test without one.
-    monkeypatch.setattr(miragic_nb, "_default_client", None)
     return miragic_emulator

@@ -1,4 +1,10 @@
-"""How the notebook faces (magic, panel) get a client, including the built-in offline default.
+"""The session: the one place a client is built from settings, for every face.
+
+The magic, the panel, ``miragic_nb.generate``, the batch command and the app all take their
+client here (``resolve``, ``default_client``). When the extension loads, the magic attaches its
+``%config Miragic.*`` settings (``attach``), so the panel and ``generate`` use them too, and its
+``max_credits`` becomes the session's credit cap, which the engine checks before every job of
+every face.
 
 Precedence, decided when a cell runs (so setting ``MIRAGIC_API_KEY`` later works):
 
@@ -28,10 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from miragic_nb._core import config
 from miragic_nb._core.errors import MissingAPIKeyError
+from miragic_nb._engine import budget
 from miragic_nb.client import Client
 
 if TYPE_CHECKING:
     from miragic_nb._core.polling import PollSchedule
+    from miragic_nb._store.history import History
     from miragic_nb.emulator import Emulator
 
 ENV_OFFLINE_FALLBACK = "MIRAGIC_OFFLINE_FALLBACK"
@@ -51,6 +59,8 @@ _prefer_emulator = False
 _emulator: Emulator | None = None
 _notice_given = False
 _clients: OrderedDict[tuple[Any, ...], Client] = OrderedDict()
+# The loaded extension's settings (``%config Miragic.*``), read when a face needs a client.
+_settings_source: Callable[[], Settings] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,15 +203,14 @@ def resolve_client(
                 notice = FALLBACK_NOTICE
 
             def make_emulator_client() -> Client:
-                client = Client(
+                return Client(
                     api_key=emulator.api_key,
                     base_url=emulator.url,
                     timeout=timeout,
                     poll_schedule=poll_schedule,
                     history=History(history_home),
+                    emulator=True,  # every result it makes says so, and costs nothing
                 )
-                client.engine.emulator = True  # every result it makes says so
-                return client
 
             client = _cached(
                 ("builtin", emulator.url, timeout, repr(poll_schedule), history_home),
@@ -313,3 +322,53 @@ def reset() -> None:
         _notice_given = False
         while _clients:
             _clients.popitem()[1].close()
+
+
+# -- the loaded extension's settings -----------------------------------------------------------
+
+
+def attach(source: Callable[[], Settings], *, max_credits: int | None) -> None:
+    """Make ``source`` (the loaded magic's ``%config Miragic.*``) every face's settings, and
+    ``max_credits`` the session's credit cap."""
+    global _settings_source
+    with _lock:
+        _settings_source = source
+    set_credit_cap(max_credits)
+
+
+def detach() -> None:
+    """Forget the attached settings and the credit cap (the extension was unloaded)."""
+    global _settings_source
+    with _lock:
+        _settings_source = None
+    set_credit_cap(None)
+
+
+def current_settings() -> Settings:
+    """The attached settings, else the defaults."""
+    with _lock:
+        source = _settings_source
+    return source() if source is not None else Settings()
+
+
+def set_credit_cap(limit: int | None) -> None:
+    """Credits this process may spend from now on, through any face (None: no limit)."""
+    budget.set_session_limit(limit)
+
+
+def default_client() -> Client:
+    """The client ``miragic_nb.generate`` uses: resolved from the current settings each call
+    (the same client while they stay the same), with the offline notice on stderr."""
+    import sys
+
+    resolved = resolve(current_settings())
+    if resolved.notice:
+        print(resolved.notice, file=sys.stderr)
+    return resolved.client
+
+
+def history(settings: Settings) -> History:
+    """The history a face with ``settings`` reads (``%miragic history``, ``usage``)."""
+    from miragic_nb._store.history import History
+
+    return History(settings.home or None)

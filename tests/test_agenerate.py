@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from miragic_nb._core.errors import InvalidRequestError
-from miragic_nb._store.history import CANCELLED, History
+from miragic_nb._core.states import CANCELLED
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS, eventually

@@ -12,7 +12,7 @@ import pytest
 
 from miragic_nb import UncertainJobError
 from miragic_nb._core.errors import BudgetExceededError, InvalidRequestError, JobFailedError
-from miragic_nb._engine.batch import Batch, BatchResult, Plan
+from miragic_nb._engine.batch import Batch, BatchResult, Plan, item_seed
 from miragic_nb._store.batches import BatchStore
 from miragic_nb._store.history import History
 from miragic_nb.client import Client
@@ -146,7 +146,9 @@ def test_an_intent_whose_job_the_engine_recorded_is_adopted(
         batch_key, store = _stored(client, items)
         # Killed after the engine recorded the job id, before the batch linked it.
         store.intend(batch_key, 1)
-        job = client.submit(str(items[1]["prompt"]), **SMALL)  # type: ignore[arg-type]
+        # The request the batch's engine sent: an unseeded item goes with the batch's seed.
+        seed = item_seed(batch_key, 1)
+        job = client.submit(str(items[1]["prompt"]), seed=seed, **SMALL)  # type: ignore[arg-type]
         plan = client.generate_many(items, dry_run=True)
         assert isinstance(plan, Plan)
         assert (plan.uncertain, plan.to_resume, plan.to_create) == ((), (1,), (0,))
@@ -215,7 +217,7 @@ def test_a_stopped_batch_sends_no_further_create_and_a_rerun_resumes_its_jobs(
     items = _items(6, "slow")
     with Emulator(api_key="test-key-0123456789", job_seconds=4.0) as emulator:
         with _client(emulator, tmp_path) as client:
-            batch = Batch(client, items, concurrency=2)  # type: ignore[arg-type]
+            batch = Batch(client.engine, items, concurrency=2)
             plan = batch.plan()
             outcome: list[BatchResult] = []
             runner = threading.Thread(target=lambda: outcome.append(batch.run(plan)))

@@ -73,3 +73,63 @@ def test_a_batch_in_the_notebook_keeps_to_the_session_budget(
         history = client.history
         assert history is not None
         assert BatchStore(history).spent() == 2
+
+
+def test_the_session_cap_counts_every_face_and_refuses_before_any_request(
+    run: Runner, ip: InteractiveShell, magic: Miragic, api: Emulator
+) -> None:
+    import asyncio
+
+    import miragic_nb
+
+    ip.run_line_magic("config", "Miragic.max_credits = 2")
+    # miragic_nb.generate takes the session's client: the magic's settings, this emulator.
+    assert miragic_nb.generate("one", width=256, height=256).size == (256, 256)
+    assert miragic_nb.generate("two", width=256, height=256).size == (256, 256)
+    assert api.count("POST", CREATE) == 2
+    with pytest.raises(BudgetExceededError, match=r"2 of Miragic\.max_credits = 2"):
+        miragic_nb.generate("three", width=256, height=256)
+    refused = run("%%miragic -W 256 -H 256\nfour")
+    assert isinstance(refused.error, BudgetExceededError)
+    # A client of the user's own, and agenerate, keep to the same cap.
+    with Client(api.api_key, api.url) as client:
+        with pytest.raises(BudgetExceededError):
+            client.generate("five", width=256, height=256)
+        with pytest.raises(BudgetExceededError):
+            asyncio.run(client.agenerate("six", width=256, height=256))
+        with pytest.raises(BudgetExceededError):
+            client.submit("seven", width=256, height=256)
+    assert api.count("POST", CREATE) == 2
+    # Raising the cap lets the next job through, whatever the face.
+    ip.run_line_magic("config", "Miragic.max_credits = 3")
+    assert miragic_nb.generate("eight", width=256, height=256).size == (256, 256)
+    assert api.count("POST", CREATE) == 3
+
+
+def test_unloading_the_extension_lifts_the_cap(
+    ip: InteractiveShell, magic: Miragic, api: Emulator
+) -> None:
+    from miragic_nb._engine import budget
+    from miragic_nb._magic.magic import load_ipython_extension, unload_ipython_extension
+
+    ip.run_line_magic("config", "Miragic.max_credits = 0")
+    assert budget.session_limit() == 0
+    unload_ipython_extension(ip)
+    assert budget.session_limit() is None
+    load_ipython_extension(ip)  # the fixture unloads it again
+
+
+def test_jobs_on_the_built_in_emulator_cost_nothing(
+    run: Runner, ip: InteractiveShell, magic: Miragic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MIRAGIC_API_KEY", raising=False)
+    monkeypatch.delenv("MIRAGIC_BASE_URL", raising=False)
+    ip.run_line_magic("config", "Miragic.max_credits = 1")
+    for prompt in ("placeholder one", "placeholder two"):
+        done = run(f"%%miragic -W 256 -H 256\n{prompt}")
+        assert done.error is None, done.text
+    resolved = magic._resolve()
+    assert resolved.is_emulator
+    history = resolved.client.history
+    assert history is not None
+    assert BatchStore(history).spent() == 0

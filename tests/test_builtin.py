@@ -154,3 +154,25 @@ def test_changed_settings_give_a_new_client_and_same_settings_the_same() -> None
     c = builtin.resolve_client(timeout=20).client
     assert a is b
     assert c is not a
+
+
+def test_seeded_results_of_the_builtin_emulator_are_reused_after_a_restart() -> None:
+    first = builtin.resolve_client(poll_schedule=FAST_POLLS, timeout=20)
+    before = builtin.builtin_emulator_running()
+    assert before is not None
+    before.job_seconds = 0.2
+    image = first.client.generate("a lighthouse", width=256, height=256, seed=5)
+    # As after a kernel restart: the emulator comes back on another port, with another key.
+    builtin.reset()
+    again = builtin.resolve_client(poll_schedule=FAST_POLLS, timeout=20)
+    after = builtin.builtin_emulator_running()
+    assert after is not None
+    assert after is not before  # a new emulator (its port is whatever the OS gives)
+    reused = again.client.generate("a lighthouse", width=256, height=256, seed=5)
+    assert reused.metadata.get("reused") is True
+    assert reused.metadata["job_id"] == image.metadata["job_id"]
+    assert after.count("POST") == 0
+    # Unseeded requests still make new pictures.
+    after.job_seconds = 0.2
+    again.client.generate("a lighthouse", width=256, height=256)
+    assert after.count("POST") == 1

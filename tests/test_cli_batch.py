@@ -166,3 +166,26 @@ def test_slug() -> None:
     assert slug("A red fox, at dawn!") == "a-red-fox-at-dawn"
     assert slug("Café über") == "cafe-uber"
     assert slug("!!!") == "image"
+
+
+def test_unseeded_prompts_into_a_new_folder_make_new_pictures_and_seeded_ones_are_reused(
+    keyed: Emulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "prompts.txt"
+    source.write_text("a red fox\n")
+    seeded = tmp_path / "seeded.jsonl"
+    seeded.write_text(json.dumps({"prompt": "a grey wolf", "seed": 7}) + "\n")
+    small = ["--size", "256x256"]
+    assert main(["batch", str(source), "--out", str(tmp_path / "first"), *small]) == 0
+    assert main(["batch", str(seeded), "--out", str(tmp_path / "first-seeded"), *small]) == 0
+    assert keyed.count("POST", CREATE) == 2
+    # The same files into new folders: one rule with the magic's, whatever the folder.
+    assert main(["batch", str(source), "--out", str(tmp_path / "second"), *small]) == 0
+    assert keyed.count("POST", CREATE) == 3  # unseeded: a new picture
+    assert main(["batch", str(seeded), "--out", str(tmp_path / "second-seeded"), *small]) == 0
+    assert keyed.count("POST", CREATE) == 3  # seeded: the saved result, no new credit
+    first, second = _manifest(tmp_path / "first"), _manifest(tmp_path / "second")
+    assert first[0]["job_id"] != second[0]["job_id"]
+    # The same file into the same folder again resumes the batch: nothing sent.
+    assert main(["batch", str(source), "--out", str(tmp_path / "second"), *small]) == 0
+    assert keyed.count("POST", CREATE) == 3

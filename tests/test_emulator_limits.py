@@ -395,3 +395,22 @@ def test_cli_flags_reach_the_emulator(http: requests.Session) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_cli_standard_headers_send_retry_after_only(http: requests.Session) -> None:
+    process, banner = _start_cli(
+        "--create-rate", "0.01", "--create-burst", "1", "--standard-headers"
+    )
+    try:
+        assert "429 answers carry Retry-After only (whole seconds)" in banner
+        [url] = [
+            m[1] for line in banner if (m := re.match(r"Miragic emulator serving at (\S+)", line))
+        ]
+        create_url = f"{url}/api/v1/image/generate"
+        answers = [http.post(create_url, headers=HEADERS, data=FORM, timeout=10) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 429]
+        assert answers[1].headers["Retry-After"] == "100"
+        assert "X-RateLimit-Reset-After" not in answers[1].headers
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0

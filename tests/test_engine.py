@@ -11,14 +11,8 @@ import pytest
 from miragic_nb._core.errors import APIError, JobFailedError, JobTimeoutError
 from miragic_nb._core.jobs import Job
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._engine.engine import (
-    CancelledBeforeStart,
-    Engine,
-    JobHandle,
-    JobState,
-    Workers,
-    store_status,
-)
+from miragic_nb._core.states import JobState, store_status
+from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle, Workers
 from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
@@ -102,7 +96,7 @@ def test_the_emulator_label_is_applied_to_new_and_reused_results(
     with _client(emulator, tmp_path) as client:
         plain = client.generate("unlabelled", width=256, height=256, seed=1)
         assert "emulator" not in plain.metadata
-        labelled = Engine(client, history=client.history, emulator=True)
+        labelled = Engine(client.api, history=client.history, emulator=True)
         request = GenerationRequest("labelled", width=256, height=256, seed=2)
         made = labelled.run(JobHandle(request))
         reused = labelled.run(JobHandle(request))

@@ -31,7 +31,8 @@ from miragic_nb import (
     MiragicError,
     RateLimitError,
 )
-from miragic_nb._engine.engine import JobHandle, JobState
+from miragic_nb._core.states import JobState
+from miragic_nb._engine.engine import JobHandle
 from miragic_nb._store.history import History
 from miragic_nb.emulator import Emulator, Fault
 from tests.conftest import FAST_POLLS, eventually

@@ -27,12 +27,8 @@ from miragic_nb._core.images import GeneratedImage
 from miragic_nb._core.jobs import Job
 from miragic_nb._core.request import GenerationRequest
 from miragic_nb._core.result_info import ResultInfo
+from miragic_nb._core.states import CANCELLED, COMPLETED, FAILED, PENDING, TIMEOUT
 from miragic_nb._store.history import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    PENDING,
-    TIMEOUT,
     History,
     HistoryRecord,
     _write_file,

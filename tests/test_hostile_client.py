@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import socket
 import stat
 import sys
 import time
@@ -28,7 +29,8 @@ from miragic_nb._core.errors import (
     MiragicError,
 )
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._store.history import ERROR, FAILED, PENDING, TIMEOUT, History
+from miragic_nb._core.states import ERROR, FAILED, PENDING, TIMEOUT
+from miragic_nb._store.history import History
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import (
     JOB_ID,
@@ -420,6 +422,14 @@ def test_a_non_image_result_is_not_echoed() -> None:
         "http://[fe80::1]/latest/meta-data/",
         "http://[::ffff:169.254.169.254]/x",
         "http://2852039166/latest/meta-data/",
+        # Other spellings of 169.254.169.254 the HTTP library or the resolver decode.
+        "http://%31%36%39.254.169.254/latest/meta-data/",
+        "http://169.254.169.254./latest/meta-data/",
+        "http://0251.0376.0251.0376/latest/meta-data/",
+        "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
+        "http://0xa9fea9fe/latest/meta-data/",
+        "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+        "http://[fe80::1%25eth0]/latest/meta-data/",
     ],
 )
 @pytest.mark.parametrize("how", ["direct", "redirect"])
@@ -436,6 +446,62 @@ def test_link_local_result_urls_are_refused(
             client.generate("a lighthouse")
     assert "link-local address" in assert_one_line(caught.value)
     assert caught.value.job_id == JOB_ID
+    assert outside_connects == []
+
+
+#: Test host names and what the (patched) resolver answers for them.
+_NAMES = {
+    "metadata.test": ["169.254.169.254"],
+    "metadata6.test": ["fe80::a9fe:a9fe"],
+    # A name with one harmless answer and one link-local: refused all the same.
+    "mixed.test": ["127.0.0.1", "169.254.169.254"],
+}
+
+
+@pytest.fixture
+def link_local_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver answers link-local addresses for ``_NAMES`` (no network needed); every
+    other name resolves as usual."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in _NAMES:
+            return [
+                (
+                    socket.AF_INET6 if ":" in address else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (address, port, 0, 0) if ":" in address else (address, port),
+                )
+                for address in _NAMES[host]
+            ]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("name", sorted(_NAMES))
+@pytest.mark.parametrize("how", ["direct", "redirect", "head"])
+def test_names_that_resolve_to_link_local_are_never_connected_to(
+    name: str, how: str, link_local_names: None, outside_connects: list[Any]
+) -> None:
+    url = f"http://{name}/latest/meta-data/"
+    moved = http_answer(302, b"", headers=[("Location", url)], reason="Found")
+    if how == "direct":
+        api = ScriptedApi(statuses=[status_answer(processedImageUrl=url)])
+    else:
+        api = ScriptedApi(files={RESULT_PATH: moved})
+    with api, hostile_client(api) as client:
+        if how == "head":
+            # Checking whether a result URL is gone follows redirects too.
+            assert client.result_url_refused(api.url + RESULT_PATH) is False
+        else:
+            with pytest.raises(DownloadError) as caught:
+                client.generate("a lighthouse")
+            assert "link-local address" in assert_one_line(caught.value)
+            assert caught.value.job_id == JOB_ID
+    # Not one connection attempt to a link-local address (the guard records every one).
     assert outside_connects == []
 
 

@@ -200,7 +200,7 @@ _GENERATE_LOOP = textwrap.dedent(
 
     SIGINT = {signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGINT)
-    miragic_nb.default_client().poll_schedule = PollSchedule(initial_delay=0.0, min_delay=0.001)
+    miragic_nb.default_client().api.poll_schedule = PollSchedule(initial_delay=0.0, min_delay=0.001)
     print("ready", flush=True)
     while not os.path.exists(sys.argv[1]):
         outcome = "D"

@@ -149,10 +149,10 @@ KEY = "mk-live-PICKLE-5e6f7a"
 def key_holders(emulator: Emulator) -> list[object]:
     """Everything that holds the key: the Secret, the client, its session, auth and a header."""
     client = Client(KEY, emulator.url)
-    auth = client._session.auth
+    auth = client.api._session.auth
     assert auth is not None
-    headers = auth(client._session.prepare_request(_request(client))).headers
-    return [Secret(KEY), client, client._session, auth, headers["X-API-Key"], headers]
+    headers = auth(client.api._session.prepare_request(_request(client))).headers
+    return [Secret(KEY), client, client.api._session, auth, headers["X-API-Key"], headers]
 
 
 def _request(client: Client) -> object:

@@ -41,7 +41,10 @@ def test_one_cell_one_image_shown_once_from_the_server_bytes(
     assert "512×384" in caption
     assert job_id in caption
     assert "emulator" not in caption  # a configured API is not the built-in emulator
-    assert api.jobs[job_id].form == {
+    form = dict(api.jobs[job_id].form)
+    seed = form.pop("seed")  # no --seed: the client chose one, and the caption shows it
+    assert f"seed {seed} (random)" in caption
+    assert form == {
         "prompt": "A lighthouse on a cliff at dusk",
         "model": "turbo",
         "width": "512",
@@ -81,7 +84,8 @@ def test_flags_not_given_are_not_sent(run: Runner, ip: InteractiveShell, api: Em
     assert cell.error is None, cell.text
     form = api.jobs[only_job(api)].form
     assert form["enhance"] == "false"
-    assert not {"safe", "private", "nologo", "seed", "image_url"} & set(form)
+    assert not {"safe", "private", "nologo", "image_url"} & set(form)
+    assert form["seed"].isdigit()  # always sent: chosen by the client when not given
 
 
 def test_prompt_interpolation_from_the_user_namespace(
@@ -233,11 +237,12 @@ def test_load_twice_unload_and_reload(run: Runner, ip: InteractiveShell) -> None
 
 def test_usage_help_comes_from_magic_arguments(run: Runner, ip: InteractiveShell) -> None:
     doc = ip.find_cell_magic("miragic").__doc__
-    assert doc.startswith("::\n\n  %miragic [-m MODEL]")
+    assert doc.startswith("::\n\n  %%miragic [-m MODEL]")  # a cell magic: its usage says so
     for option in ("--width", "--size WxH", "--image-url", "--[no-]enhance", "--n N", "--fresh"):
         assert option.replace("[no-]", "") in doc.replace("[no-]", "")
     cell = run("%%miragic?")
     assert "--image-url" in cell.io.stdout
+    assert "%%miragic [-m MODEL]" in cell.io.stdout
 
 
 def test_widget_progress_becomes_the_caption(

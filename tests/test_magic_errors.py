@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from miragic_nb._core.errors import (
+    APIError,
     AuthenticationError,
     JobFailedError,
     JobTimeoutError,
@@ -154,7 +155,7 @@ def test_short_errors_off_shows_the_full_traceback(
     cell = run("%%miragic -W 256 -H 256\nfails loudly")
     assert isinstance(cell.error, JobFailedError)
     assert "Traceback" in cell.text
-    assert "client.py" in cell.text
+    assert "_api/miragic.py" in cell.text  # where the failure was read
 
 
 def test_n_with_a_failed_job_keeps_the_others_and_fails_the_cell(
@@ -239,3 +240,17 @@ def test_interrupt_during_the_create_request_says_it_may_have_created_a_job(
     assert "1 create request(s) had not been answered" in cell.io.stdout
     assert "%miragic history" in cell.io.stdout
     assert "no credit was spent" not in cell.io.stdout
+
+
+def test_resuming_a_job_the_server_does_not_know_says_so_once_without_resume_advice(
+    run: Runner, api: Emulator
+) -> None:
+    cell = run("%miragic resume 1234")
+    assert isinstance(cell.error, APIError)
+    assert cell.error.status_code == 404
+    rendered = cell.error._render_traceback_()  # type: ignore[attr-defined]
+    assert len(rendered) == 1
+    assert "404" in rendered[0]
+    assert "may still finish" not in rendered[0]
+    assert "%miragic resume" not in rendered[0]
+    assert "may still finish" not in cell.text  # neither in the progress row

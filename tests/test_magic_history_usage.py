@@ -13,9 +13,10 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from miragic_nb._core.request import MODELS
+from miragic_nb._core.states import STATUSES
 from miragic_nb._magic.commands import COMMANDS, SUBCOMMANDS, parse_since
 from miragic_nb._magic.magic import Miragic
-from miragic_nb._store.history import STATUSES, UsageRow
+from miragic_nb._store.history import UsageRow
 from miragic_nb._views.tables import usage_bundle
 from miragic_nb.emulator import Emulator
 

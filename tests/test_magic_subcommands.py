@@ -180,7 +180,10 @@ def test_the_panel_uses_the_settings_given_with_config(
     assert job.job_id in emulator.jobs  # Miragic.base_url reached the panel's job
     client = panel._client()
     assert client.timeout == 42.5
-    assert (client.poll_schedule.initial_delay, client.poll_schedule.max_delay) == (0.03, 0.3)
+    assert (client.api.poll_schedule.initial_delay, client.api.poll_schedule.max_delay) == (
+        0.03,
+        0.3,
+    )
     record = History(home).get(job.job_id)  # Miragic.home: the job is recorded there
     assert record is not None
     assert record.status == "COMPLETED"

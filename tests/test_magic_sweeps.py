@@ -100,3 +100,13 @@ def test_sweep_parsing() -> None:
         seeds("1..x")
     variants = prompts("a {w}", {"w": ["x", "y"]}, "w")
     assert [(v.prompt, v.label) for v in variants] == [("a x", "x"), ("a y", "y")]
+
+
+def test_a_dry_run_of_identical_jobs_says_so_in_one_line(run: Runner, api: Emulator) -> None:
+    cell = run("%%miragic --dry-run --n 20 -W 256 -H 256\nthe same harbour")
+    assert cell.error is None, cell.text
+    lines = cell.io.stdout.splitlines()
+    assert lines[0] == "  20 × flux 256×256: the same harbour"
+    assert "20 jobs, up to 20 credits" in lines[1]
+    assert len(lines) == 2
+    assert api.requests == []

@@ -89,7 +89,11 @@ def test_without_a_running_loop_generate_runs_to_the_end(panel: Panel, emulator:
     assert job is not None
     assert job.state == "completed"
     assert panel.image is job.image
-    assert "seed" not in emulator.jobs[job.job_id or ""].form
+    # A blank seed: the client chose one, sent it, and the result says which.
+    sent = emulator.jobs[job.job_id or ""].form["seed"]
+    assert job.image is not None
+    assert job.image.info["miragic"]["seed"] == int(sent)
+    assert job.image.info["miragic"]["seed_chosen"] is True
 
 
 def test_elapsed_seconds_move_between_status_reads(emulator: Emulator) -> None:

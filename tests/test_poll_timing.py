@@ -18,14 +18,14 @@ STATUS = "/api/v1/image/jobs/"
 
 
 def test_a_completed_job_teaches_the_client_its_duration(client: Client) -> None:
-    assert client.durations.estimate("turbo", 512, 384) is None
+    assert client.api.durations.estimate("turbo", 512, 384) is None
     image = client.generate("a kite", model="turbo", width=512, height=384)
-    estimate = client.durations.estimate("turbo", 512, 384)
+    estimate = client.api.durations.estimate("turbo", 512, 384)
     assert estimate is not None
     assert estimate.samples == 1
     assert estimate.progress  # the emulator reports progress by default
     assert estimate.low <= image.metadata["processing_s"] <= estimate.high
-    assert client.durations.estimate("turbo", 384, 512) is None  # per size, too
+    assert client.api.durations.estimate("turbo", 384, 512) is None  # per size, too
 
 
 def test_without_progress_the_learned_duration_saves_status_reads(
@@ -35,7 +35,7 @@ def test_without_progress_the_learned_duration_saves_status_reads(
     emulator.jitter = 0.0
     first = client.generate("first", model="flux", width=256, height=256)
     second = client.generate("second", model="flux", width=256, height=256)
-    estimate = client.durations.estimate("flux", 256, 256)
+    estimate = client.api.durations.estimate("flux", 256, 256)
     assert estimate is not None
     assert not estimate.progress
     cold = emulator.count("GET", STATUS, job_id=first.metadata["job_id"])

@@ -95,8 +95,10 @@ def test_every_picture_in_the_saved_notebook_says_how_it_was_made(
         job = emulator.jobs[entry["job_id"]]  # the server's own record of that job
         assert (entry["prompt"], entry["model"]) == (job.prompt, job.model)
         assert (entry["width"], entry["height"]) == (job.width, job.height)
-        # A seed the server picked is not known to the client: None says "random seed".
-        assert entry["seed"] == (job.seed if job.parameters["seed"] else None)
+        # Every job is sent with a seed (the client picks one when the user gave none), and the
+        # output records the seed the server received.
+        assert job.parameters["seed"]
+        assert entry["seed"] == job.seed
         assert entry["image_url"] is None
         assert not any(SECRET_KEY in json.dumps(value) for value in entry.values())
 

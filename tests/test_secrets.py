@@ -224,7 +224,7 @@ def test_key_is_not_in_a_traceback_interrupted_mid_request(client: Client, keyed
 def test_key_is_not_in_reprs(client: Client, keyed: Emulator) -> None:
     image = client.generate("shown", width=256, height=256)
     job = client.get_job(image.metadata["job_id"])
-    session = client._session  # the internals a debugger or a traceback could show
+    session = client.api._session  # the internals a debugger or a traceback could show
     for shown in (
         client,
         vars(client),

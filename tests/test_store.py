@@ -28,8 +28,9 @@ from miragic_nb._core.errors import (
 )
 from miragic_nb._core.images import GeneratedImage
 from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.states import COMPLETED, FAILED, TIMEOUT
 from miragic_nb._store import store as store_module
-from miragic_nb._store.history import COMPLETED, FAILED, TIMEOUT, History
+from miragic_nb._store.history import History
 from miragic_nb.client import Client
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from miragic_nb._api import transport
-from miragic_nb._core import config
+from miragic_nb._core import config, context
 from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
     DownloadError,
-    InvalidRequestError,
     JobFailedError,
     JobTimeoutError,
     MiragicError,
@@ -91,7 +90,7 @@ class MiragicAPI(config.HoldsKey):
     ) -> None:
         # Rebind the argument first: a traceback that captures locals (IPython's verbose mode,
         # capture_locals=True) then shows only the Secret, whatever fails below.
-        api_key = _as_secret(api_key)
+        api_key = config.as_secret(api_key)
         self._api_key = api_key
         self.base_url = config.base_url_from_env(base_url)
         self.timeout = config.check_timeout(timeout)
@@ -124,7 +123,7 @@ class MiragicAPI(config.HoldsKey):
 
         Low level: nothing is recorded; ``submit`` records the id.
         """
-        self._require_key()
+        self.require_key()
         # multipart/form-data like the reference's curl examples (docs/api-contract.md, D1).
         files = {name: (None, value) for name, value in request.form_fields().items()}
         sent_at = time.monotonic()
@@ -148,7 +147,7 @@ class MiragicAPI(config.HoldsKey):
 
     def get_job(self, job_id: str) -> Job:
         """Read a job's current status."""
-        self._require_key()
+        self.require_key()
         job_id = check_job_id(job_id)
         body = self._send("GET", self.base_url + JOB_PATH + quote(job_id, safe=""), job_id=job_id)
         data = body.get("data")
@@ -181,7 +180,7 @@ class MiragicAPI(config.HoldsKey):
         polling at the next step with ``JobTimeoutError``.
         """
         limit = self.timeout if timeout is None else config.check_timeout(timeout)
-        deadline = time.monotonic() + min(limit, transport.time_left())
+        deadline = time.monotonic() + min(limit, context.time_left())
         job_id = job_or_id.id if isinstance(job_or_id, Job) else check_job_id(job_or_id)
         last: Job | None = job_or_id if isinstance(job_or_id, Job) else None
         failures: list[MiragicError] = []
@@ -251,7 +250,7 @@ class MiragicAPI(config.HoldsKey):
         while True:
             delay: float
             try:
-                with transport.deadline(deadline):
+                with context.deadline(deadline):
                     job = self.get_job(job_id)
             except (APIConnectionError, RateLimitError, APIError) as exc:
                 if isinstance(exc, APIError) and 400 <= exc.status_code < 500:
@@ -319,11 +318,14 @@ class MiragicAPI(config.HoldsKey):
 
         try:
             transport.refuse_link_local(url)
-            with self._session.head(
-                url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
-            ) as response:
+            with (
+                transport.result_fetch(),
+                self._session.head(
+                    url, timeout=transport.timeouts(*self._timing.as_tuple()), allow_redirects=True
+                ) as response,
+            ):
                 return response.status_code in GONE_STATUSES
-        except requests.RequestException as exc:
+        except (requests.RequestException, transport.LinkLocalConnectError) as exc:
             log.info("could not check result URL %s (%s)", strip_userinfo(url), exc)
             return False
 
@@ -346,14 +348,15 @@ class MiragicAPI(config.HoldsKey):
                 log.info("download of job %s failed (%s); retrying", job_id, exc)
                 pause = 0.25 * 2**attempt
                 if cancel is None:
-                    transport.sleep(pause)
-                elif cancel.wait(min(pause, transport.time_left())):
+                    context.sleep(pause)
+                elif cancel.wait(min(pause, context.time_left())):
                     raise  # cancelled (Ctrl-C, Cancel): no further request
         raise AssertionError("unreachable")
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _require_key(self) -> None:
+    def require_key(self) -> None:
+        """Refuse (``MissingAPIKeyError``) when there is no key to send."""
         if self._api_key is None:
             raise MissingAPIKeyError(
                 "no Miragic API key: pass Client(api_key=...), set the MIRAGIC_API_KEY "
@@ -384,16 +387,3 @@ class MiragicAPI(config.HoldsKey):
             max_bytes=self.max_download_bytes,
             job_id=job_id,
         )
-
-
-
-def _as_secret(api_key: object) -> config.Secret | None:
-    """The key as a ``Secret`` (explicit, else ``MIRAGIC_API_KEY``); None when there is none."""
-    if isinstance(api_key, config.Secret):
-        api_key = api_key.reveal()
-    if api_key is not None and not isinstance(api_key, str):
-        raise InvalidRequestError(
-            f"api_key must be a string, got {type(api_key).__name__}", field="api_key"
-        )
-    key = config.api_key_from_env(api_key)
-    return config.Secret(key) if key is not None else None

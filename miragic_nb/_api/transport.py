@@ -25,14 +25,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 from urllib3.util.retry import Retry
 
 from miragic_nb._core import config
+from miragic_nb._core.context import caller_paces, deadline, time_left
 from miragic_nb._core.errors import (
     APIConnectionError,
     APIError,
@@ -45,6 +50,7 @@ from miragic_nb._core.errors import (
     server_text,
 )
 from miragic_nb._core.polling import parse_retry_after
+from miragic_nb._core.urls import strip_userinfo
 
 #: Longest a whole API request (connect, retries, answer) may take when no job deadline is nearer.
 REQUEST_DEADLINE_S = 60.0
@@ -60,34 +66,6 @@ MAX_READ_RETRY_AFTER_S = 5.0
 #: Statuses urllib3 retries for GETs (status reads and downloads) before we see them.
 RETRIED_STATUSES = (429, 502, 503, 504)
 _CHUNK = 64 * 1024
-#: A URL's scheme and ``//``, then its userinfo up to the last ``@`` before the path.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?(//)[^/?#]*@")
-
-#: The monotonic moment the current request (and any wait inside it) must be over by.
-_deadline: ContextVar[float] = ContextVar("miragic_deadline", default=math.inf)
-
-
-@contextmanager
-def deadline(moment: float) -> Iterator[float]:
-    """Run the block under ``moment`` (monotonic), or under an outer deadline if that is nearer."""
-    effective = min(moment, _deadline.get())
-    token = _deadline.set(effective)
-    try:
-        yield effective
-    finally:
-        _deadline.reset(token)
-
-
-def time_left() -> float:
-    """Seconds until the current deadline (``inf`` outside any)."""
-    return _deadline.get() - time.monotonic()
-
-
-def sleep(seconds: float) -> None:
-    """Sleep, but never past the current deadline."""
-    pause = min(seconds, time_left())
-    if pause > 0:
-        time.sleep(pause)
 
 
 def timeouts(connect: float, read: float) -> tuple[float, float]:
@@ -125,24 +103,9 @@ class CreateRetry(BoundedRetry):
     retry_after_cap = MAX_CREATE_RETRY_AFTER_S
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code == 429 and _caller_paces_creates.get():
+        if status_code == 429 and caller_paces():
             return False  # the caller's own rate controller must see every 429
         return super().is_retry(method, status_code, has_retry_after)
-
-
-#: True while the caller (a batch) paces creates itself: create 429s come straight back.
-_caller_paces_creates: ContextVar[bool] = ContextVar("miragic_caller_paces", default=False)
-
-
-@contextmanager
-def caller_paces_creates() -> Iterator[None]:
-    """Inside the block a create answered 429 is not retried by urllib3 but raised at once
-    (``RateLimitError``), so a batch's controller sees every 429 and slows down itself."""
-    token = _caller_paces_creates.set(True)
-    try:
-        yield
-    finally:
-        _caller_paces_creates.reset(token)
 
 
 def read_retry() -> Retry:
@@ -260,7 +223,7 @@ def make_session(
     API's origin (a plain ``requests.Session`` keeps custom headers across hosts).
     """
     origin = config.origin(base_url)
-    read_adapter = HTTPAdapter(max_retries=read_retry(), pool_maxsize=32)
+    read_adapter = GuardedAdapter(max_retries=read_retry(), pool_maxsize=32)
     if session is None:
         session = OriginBoundSession(origin)
         session.headers["User-Agent"] = "miragic-nb/0.1 (+python-requests)"
@@ -366,10 +329,10 @@ def _shut_down(raw: urllib3.response.HTTPResponse, fired: threading.Event) -> No
 
 
 def refuse_link_local(url: str) -> None:
-    """Raise ``LinkLocalAddressError`` when ``url``'s host is a link-local IP address.
-
-    Also catches the spellings ``getaddrinfo`` accepts for IPv4 (``2852039166``, ``0xa9.254.0.1``)
-    and IPv4-mapped IPv6.
+    """Raise ``LinkLocalAddressError`` when ``url``'s host is a link-local IP address, however
+    it is spelled: percent-encoded octets, a trailing dot, the octal, hex and integer forms
+    ``getaddrinfo`` accepts (``0251.0376.0251.0376``, ``0xa9fea9fe``, ``2852039166``), and
+    IPv4-mapped IPv6. A host *name* is checked where it is connected to (``GuardedAdapter``).
     """
     try:
         host = urlsplit(url).hostname
@@ -377,15 +340,23 @@ def refuse_link_local(url: str) -> None:
         return  # requests refuses such a URL itself
     address = _ip_address(host or "")
     if address is not None and address.is_link_local:
-        raise LinkLocalAddressError(
-            f"refused to fetch {strip_userinfo(url)[:100]}: {address} is a link-local address "
-            "(where cloud metadata services live), never a result host"
-        )
+        raise LinkLocalAddressError(_refusal(url, address))
+
+
+def _refusal(url: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return (
+        f"refused to fetch {strip_userinfo(url)[:100]}: {address} is a link-local address "
+        "(where cloud metadata services live), never a result host"
+    )
 
 
 def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` spells, as the HTTP library and the resolver would read it."""
+    # requests and urllib3 decode percent-escapes in the host; the resolver drops one
+    # trailing dot and any IPv6 zone.
+    host = unquote(host).strip("[]").removesuffix(".").split("%", 1)[0]
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        address = ipaddress.ip_address(host)
     except ValueError:
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))
@@ -396,9 +367,98 @@ def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return address
 
 
-def strip_userinfo(url: str) -> str:
-    """``url`` without a ``user:password@`` part (kept out of the history and image metadata)."""
-    return _USERINFO.sub(r"\1\2", url, count=1)
+# -- connect-time checks: where a host name really leads ------------------------------------
+
+
+class LinkLocalConnectError(ValueError):
+    """A result host *name* resolved to a link-local address: nothing was connected to.
+
+    Not an ``OSError``, so urllib3 neither wraps nor retries it.
+    """
+
+
+#: True while a result (or a redirect of it) is fetched: connections then go only to vetted
+#: addresses.
+_results_only: ContextVar[bool] = ContextVar("miragic_results_only", default=False)
+
+
+@contextmanager
+def result_fetch() -> Iterator[None]:
+    """Inside the block every connection our adapters open is checked where it is opened:
+    the host name is resolved once, refused if any of its addresses is link-local, and the
+    socket is connected to those very addresses (so a name that changes its answer between
+    a check and the connect, DNS rebinding, leads nowhere else)."""
+    token = _results_only.set(True)
+    try:
+        yield
+    finally:
+        _results_only.reset(token)
+
+
+class _VettedConnect:
+    """Connection mixin: resolve, refuse link-local, connect to the vetted address only."""
+
+    host: str
+    port: int
+    _dns_host: str
+
+    def _new_conn(self) -> socket.socket:
+        if not _results_only.get():
+            return super()._new_conn()  # type: ignore[misc,no-any-return]
+        name = self._dns_host.strip("[]")
+        try:
+            found = socket.getaddrinfo(name, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        for text in addresses:
+            address = _ip_address(text)
+            if address is not None and address.is_link_local:
+                raise LinkLocalConnectError(
+                    f"refused to fetch from {self.host[:100]}: it resolves to {address}, a "
+                    "link-local address (where cloud metadata services live), never a result "
+                    "host"
+                )
+        error: NewConnectionError | None = None
+        for text in addresses:
+            self._dns_host = text  # the socket goes to this vetted address, nowhere else
+            try:
+                return super()._new_conn()  # type: ignore[misc,no-any-return]
+            except NewConnectionError as exc:
+                error = exc
+            finally:
+                self._dns_host = name
+        if error is None:
+            raise NewConnectionError(self, f"{self.host} resolves to no address")  # type: ignore[arg-type]
+        raise error
+
+
+class _VettedHTTPConnection(_VettedConnect, HTTPConnection):
+    pass
+
+
+class _VettedHTTPSConnection(_VettedConnect, HTTPSConnection):
+    pass
+
+
+class _VettedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _VettedHTTPConnection
+
+
+class _VettedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _VettedHTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections, during ``result_fetch()``, go only to addresses
+    that are not link-local (see ``_VettedConnect``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _VettedHTTPPool,
+            "https": _VettedHTTPSPool,
+        }
 
 
 # -- requests and the errors they end in ------------------------------------------------------
@@ -482,13 +542,16 @@ def fetch_bytes(
             refuse_link_local(url)
             if time_left() <= 0:
                 raise OutOfTime()
-            with session.get(
-                url,
-                timeout=timeouts(*timing),
-                stream=True,
-                allow_redirects=True,
-                headers={"Accept": "image/*"},
-            ) as response:
+            with (
+                result_fetch(),
+                session.get(
+                    url,
+                    timeout=timeouts(*timing),
+                    stream=True,
+                    allow_redirects=True,
+                    headers={"Accept": "image/*"},
+                ) as response,
+            ):
                 if response.status_code >= 400:
                     raise DownloadError(
                         f"result download answered {response.status_code}",
@@ -496,7 +559,7 @@ def fetch_bytes(
                         job_id=job_id,
                     )
                 return _read_download(response, max_bytes=max_bytes, job_id=job_id)
-        except LinkLocalAddressError as exc:
+        except (LinkLocalAddressError, LinkLocalConnectError) as exc:
             raise DownloadError(str(exc), status_code=200, job_id=job_id) from None
         except (requests.RequestException, OutOfTime) as exc:
             cause = "out of time" if isinstance(exc, OutOfTime) else short_cause(exc)

@@ -82,8 +82,11 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
         if client is None:
             client = Client()
         batch = Batch(
-            client,
+            client.engine,
             items,
+            # The same file into the same folder is the same batch (a rerun resumes it); into
+            # another folder it is a new one, whose unseeded prompts make new pictures.
+            name=f"{args.file.resolve()} -> {args.out.resolve()}",
             concurrency=concurrency,
             retry_uncertain=args.retry_uncertain,
         )
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace, *, client: Client | None = None) -> int:
             print(plan.summary())
             return 0
         check_budget(plan, args.max_credits)
-        client._require_key()
+        client.api.require_key()
     except (BadInput, InvalidRequestError, BudgetExceededError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

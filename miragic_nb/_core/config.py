@@ -166,3 +166,15 @@ def check_timeout(timeout: object) -> float:
             f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout"
         )
     return float(timeout)
+
+
+def as_secret(api_key: object) -> Secret | None:
+    """The key as a ``Secret`` (explicit, else ``MIRAGIC_API_KEY``); None when there is none."""
+    if isinstance(api_key, Secret):
+        api_key = api_key.reveal()
+    if api_key is not None and not isinstance(api_key, str):
+        raise InvalidRequestError(
+            f"api_key must be a string, got {type(api_key).__name__}", field="api_key"
+        )
+    key = api_key_from_env(api_key)
+    return Secret(key) if key is not None else None

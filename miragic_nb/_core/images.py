@@ -16,8 +16,9 @@ from typing import Any
 
 from PIL import Image
 
+from miragic_nb._core.embedded import METADATA_KEY
 from miragic_nb._core.errors import DownloadError
-from miragic_nb._core.provenance import METADATA_KEY, provenance
+from miragic_nb._core.provenance import provenance
 
 #: Largest decoded image accepted (pixels); the API's maximum is 2048 × 2048 = 4.2 MP.
 MAX_PIXELS = 4096 * 4096
@@ -70,7 +71,10 @@ class GeneratedImage(Image.Image):
         meta = self.metadata
         parts = [str(meta.get("model", "?")), f"{self.width}×{self.height}"]
         seed = meta.get("seed")
-        parts.append(f"seed {seed}" if seed is not None else "random seed")
+        if seed is None:
+            parts.append("random seed")
+        else:
+            parts.append(f"seed {seed} (random)" if meta.get("seed_chosen") else f"seed {seed}")
         elapsed = meta.get("elapsed_s")
         if isinstance(elapsed, (int, float)):
             parts.append(f"{elapsed:.1f}s")

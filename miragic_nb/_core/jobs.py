@@ -15,10 +15,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 from miragic_nb._core.errors import APIError, InvalidRequestError
+from miragic_nb._core.states import COMPLETED, FAILED, PENDING
 
-PENDING = "PENDING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
 #: What a job id may look like (the API's are UUIDs); it becomes a URL path segment.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 

@@ -25,13 +25,20 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from miragic_nb._store.history import History
+from miragic_nb._core.embedded import METADATA_KEY
 
-#: The key of the display metadata, and of ``GeneratedImage.info``, that says how it was made.
-METADATA_KEY = "miragic"
+
+class Records(Protocol):
+    """What ``report`` needs of the history: where it is, and a job's record."""
+
+    @property
+    def home(self) -> Path: ...
+
+    def get(self, job_id: str) -> Any: ...
+
+
 #: What an output records about each image, in this order.
 FIELDS = ("job_id", "prompt", "model", "width", "height", "seed", "image_url")
 
@@ -112,7 +119,7 @@ def _described_images(outputs: object) -> Iterator[dict[str, Any]]:
             yield described
 
 
-def report(path: str | os.PathLike[str], history: History) -> list[str]:
+def report(path: str | os.PathLike[str], history: Records) -> list[str]:
     """Lines for ``%miragic history --notebook``: each job and whether the history has it."""
     found = jobs_in_notebook(path)
     if not found:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 from urllib.parse import urlsplit
 
 from miragic_nb._core.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from miragic_nb._engine.image_inputs import ImageInput
+    import os
+
+    from PIL import Image
+
+    from miragic_nb._core.jobs import Job
 
 #: The models the API accepts, with what each is for.
 MODELS: Mapping[str, str] = {
@@ -26,7 +30,13 @@ MODELS: Mapping[str, str] = {
 #: Models that accept an input image (``image_url``).
 IMAGE_INPUT_MODELS = frozenset({"kontext"})
 MIN_SIDE = 256
+#: Largest seed the client chooses itself (31 bits: every server's integer type holds it).
+MAX_SEED = 2**31 - 1
 MAX_SIDE = 2048
+#: What ``image_url=`` accepts (a ``GeneratedImage`` is a PIL image); the engine makes it a URL.
+ImageInput: TypeAlias = (
+    "str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | Job | None"
+)
 #: Optional switches the API records; sent only when set explicitly (api-contract D3).
 FLAGS = ("enhance", "safe", "private", "nologo")
 
@@ -186,3 +196,33 @@ def _check_seed(seed: object) -> int:
     if seed < 0:
         raise InvalidRequestError(f"seed must be a non-negative integer, got {seed}", field="seed")
     return seed
+
+
+def request_from(prompt: str | GenerationRequest, options: RequestOptions) -> GenerationRequest:
+    """The request ``prompt`` and ``options`` describe, validated before anything is sent."""
+    if isinstance(prompt, GenerationRequest):
+        if options:
+            raise InvalidRequestError(
+                f"options ({', '.join(sorted(options))}) cannot be combined with a ready "
+                "GenerationRequest; put them in the request",
+                field=next(iter(sorted(options))),
+            )
+        return prompt
+    allowed = GenerationRequest.__dataclass_fields__.keys() - {"prompt"}
+    unknown = sorted(options.keys() - allowed)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown option {unknown[0]!r}; the options are {', '.join(sorted(allowed))}, "
+            "timeout, on_progress and reuse",
+            field=unknown[0],
+        )
+    # image_url is a URL by now (the caller resolved what the user held); anything else
+    # is refused by GenerationRequest's own check.
+    return GenerationRequest(prompt, **options)  # type: ignore[arg-type]
+
+
+def random_seed() -> int:
+    """A seed for a request that gave none: sent and shown, so the picture can be made again."""
+    import secrets
+
+    return secrets.randbelow(MAX_SEED + 1)

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from miragic_nb._api import transport
 from miragic_nb._core.errors import InvalidRequestError
 from miragic_nb._core.jobs import Job
 from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.urls import strip_userinfo
 
 #: A whole number as ASCII digits (``str.isdigit`` also accepts "²", which int() refuses).
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -47,6 +47,8 @@ class ResultInfo:
     emulator: bool = False
     #: Answered from the history: no job, no credit.
     reused: bool = False
+    #: The user gave no seed: the client chose ``seed`` (so the picture can be made again).
+    seed_chosen: bool = False
     #: Where the history saved the file.
     path: str | None = None
 
@@ -60,6 +62,7 @@ class ResultInfo:
         elapsed: float,
         image_size: tuple[int, int],
         emulator: bool = False,
+        seed_chosen: bool = False,
     ) -> ResultInfo:
         """The info of a result just downloaded (``request`` None: a job resumed by id)."""
         request = request if request is not None else request_from_job(job)
@@ -80,6 +83,7 @@ class ResultInfo:
             base_url=base_url,
             image_size=image_size,
             emulator=emulator,
+            seed_chosen=seed_chosen,
         )
 
     def labelled(self, *, emulator: bool = False, reused: bool = False) -> ResultInfo:
@@ -118,6 +122,8 @@ class ResultInfo:
             meta["emulator"] = True
         if self.reused:
             meta["reused"] = True
+        if self.seed_chosen:
+            meta["seed_chosen"] = True
         return meta
 
 
@@ -162,4 +168,4 @@ def request_from_job(job: Job) -> GenerationRequest:
 
 
 def _no_userinfo(url: str | None) -> str | None:
-    return transport.strip_userinfo(url) if url else None
+    return strip_userinfo(url) if url else None

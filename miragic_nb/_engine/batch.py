@@ -20,14 +20,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, overload
 
-from miragic_nb._api import transport
+from miragic_nb._core import config, context
 from miragic_nb._core.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -36,15 +37,15 @@ from miragic_nb._core.errors import (
     RateLimitError,
     UncertainJobError,
 )
-from miragic_nb._core.request import GenerationRequest
-from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState, Workers
+from miragic_nb._core.request import MAX_SEED, GenerationRequest, request_from
+from miragic_nb._core.states import COMPLETED, FAILED, JobState
+from miragic_nb._engine.engine import CancelledBeforeStart, Engine, JobHandle, Workers
 from miragic_nb._engine.pacing import Pacing, check_concurrency
 from miragic_nb._store.batches import BatchStore, ItemRecord
-from miragic_nb._store.history import COMPLETED, FAILED, _load
+from miragic_nb._store.history import _load
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
-    from miragic_nb.client import Client
 
 #: Create errors that certainly made no job: the intent is withdrawn.
 _NO_JOB_MADE = (RateLimitError, InvalidRequestError, AuthenticationError, CancelledBeforeStart)
@@ -131,8 +132,6 @@ class BatchResult(Sequence["GeneratedImage | None"]):
 
 def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
     """Every item as a validated request; the first bad one is refused, naming its index."""
-    from miragic_nb.client import _request
-
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise InvalidRequestError(
             "items must be a list of prompts (str) or of dicts of generate() options",
@@ -142,13 +141,14 @@ def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
     for index, item in enumerate(items):
         try:
             if isinstance(item, str):
-                requests.append(_request(item, {}))
+                requests.append(request_from(item, {}))
             elif isinstance(item, Mapping):
                 options = dict(item)
                 if "prompt" not in options:
                     raise InvalidRequestError("it has no 'prompt'", field="prompt")
-                # _request checks every name and value: the dict is only typed loosely here.
-                requests.append(_request(options.pop("prompt"), options))  # type: ignore[arg-type]
+                # request_from checks every name and value: the dict is only typed loosely here.
+                prompt = options.pop("prompt")
+                requests.append(request_from(prompt, options))  # type: ignore[arg-type]
             else:
                 raise InvalidRequestError(
                     f"a {type(item).__name__} is neither a prompt (str) nor a dict of options",
@@ -157,6 +157,12 @@ def requests_of(items: Sequence[Item]) -> list[GenerationRequest]:
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"item {index}: {exc.message}", field=exc.field) from None
     return requests
+
+
+def item_seed(batch: str, index: int) -> int:
+    """The seed of an unseeded item: random-looking, and the same for the same batch and place."""
+    digest = hashlib.sha256(f"{batch}\n{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
 
 
 def batch_key(requests: Sequence[GenerationRequest], *, base_url: str, name: str | None) -> str:
@@ -170,11 +176,11 @@ def batch_key(requests: Sequence[GenerationRequest], *, base_url: str, name: str
 
 
 class Batch:
-    """One batch on one client: plan it, then run it."""
+    """One batch on one engine: plan it, then run it."""
 
     def __init__(
         self,
-        client: Client,
+        engine: Engine,
         items: Sequence[Item],
         *,
         name: str | None = None,
@@ -182,14 +188,12 @@ class Batch:
         timeout: float | None = None,
         retry_uncertain: bool = False,
     ) -> None:
-        from miragic_nb._engine.engine import check_timeout
-
-        self.client = client
+        self.engine = engine
         self.requests = requests_of(items)
         self.fixed_concurrency = check_concurrency(concurrency)
-        self.timeout = None if timeout is None else check_timeout(timeout)
+        self.timeout = None if timeout is None else config.check_timeout(timeout)
         self.retry_uncertain = retry_uncertain
-        history = client.history
+        history = engine.history
         if history is None:
             raise InvalidRequestError(
                 "generate_many needs the history to survive a crash: use a client with "
@@ -198,9 +202,18 @@ class Batch:
             )
         self.history = history
         self.store = BatchStore(history)
-        self.key = batch_key(self.requests, base_url=client.base_url, name=name)
+        self.key = batch_key(self.requests, base_url=engine.api.base_url, name=name)
+        # An item without a seed gets one made from the batch and its place in it: sent and
+        # shown like any chosen seed, and the same on every rerun, so a job created just
+        # before a crash is still found by its request (``BatchStore.adopt``).
+        self._seed_chosen = {i for i, request in enumerate(self.requests) if request.seed is None}
+        self.requests = [
+            replace(request, seed=item_seed(self.key, i)) if i in self._seed_chosen else request
+            for i, request in enumerate(self.requests)
+        ]
         self._records: dict[int, ItemRecord] = {}
         self._stop = threading.Event()
+        self._deadline = math.inf
         self._lock = threading.Lock()
         #: The items' handles while they run, to stop them at once with the batch.
         self._handles: weakref.WeakSet[JobHandle] = weakref.WeakSet()
@@ -217,7 +230,8 @@ class Batch:
         for index, request in enumerate(self.requests):
             record = self._records.get(index)
             if record is not None and record.job_id is None:
-                adopted = self.store.adopt(self.key, record, request, base_url=self.client.base_url)
+                identity = self.engine.identity
+                adopted = self.store.adopt(self.key, record, request, base_url=identity)
                 if adopted is not None:
                     record = self._records[index] = ItemRecord(index, adopted, record.intent_at)
             if record is None:
@@ -270,6 +284,9 @@ class Batch:
         result = BatchResult([None] * plan.items, plan)
         counts = BatchCounts(total=plan.items)
         pacing = Pacing(self.fixed_concurrency)
+        # The batch's timeout bounds the whole batch: no create starts after it, no job runs
+        # past it.
+        self._deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
 
         def finish(index: int, image: GeneratedImage | None, error: MiragicError | None) -> None:
             with self._lock:
@@ -352,26 +369,31 @@ class Batch:
         self, index: int, job_id: str | None, pacing: Pacing, result: BatchResult
     ) -> tuple[GeneratedImage | None, MiragicError | None]:
         request = self.requests[index]
-        engine = self.client.engine
-        with transport.caller_paces_creates():
+        engine = self.engine
+        with context.caller_paces_creates():
             if job_id is not None:
                 handle = JobHandle(request, job_id=job_id)
+                handle.seed_chosen = index in self._seed_chosen
                 self._follow(handle)
                 try:
-                    image = engine.run(handle, timeout=self.timeout)
+                    image = engine.run(handle, timeout=self._time_left())
                 except MiragicError as exc:
                     return None, exc
                 with self._lock:
                     result.resumed += 1
                 return image, None
             while not self._stop.is_set():
-                sent_at = pacing.before_create(self._stop)
+                sent_at = pacing.before_create(self._stop, until=self._deadline)
                 if sent_at is None:
                     break
                 handle = JobHandle(request)
+                handle.seed_chosen = index in self._seed_chosen
                 self._follow(handle, index=index, pacing=pacing, result=result)
+                # A seed the batch chose is never answered from the history (a new run of
+                # unseeded prompts makes new pictures); nor is anything in a fresh start.
+                reuse = not (result.plan.fresh or handle.seed_chosen)
                 try:
-                    image = engine.run(handle, timeout=self.timeout)
+                    image = engine.run(handle, timeout=self._time_left(), reuse=reuse)
                 except RateLimitError as exc:
                     if handle.id is not None:
                         return None, exc
@@ -390,7 +412,15 @@ class Batch:
                     with self._lock:
                         result.reused += 1
                 return image, None
+        if not self._stop.is_set():
+            return None, _unsent(index, self.timeout)
         return None, _not_started(index)
+
+    def _time_left(self) -> float | None:
+        """Seconds until the batch's deadline (None: no timeout; the client's per job)."""
+        if self.timeout is None:
+            return None
+        return max(0.001, self._deadline - time.monotonic())
 
     def _follow(
         self,
@@ -416,7 +446,7 @@ class Batch:
                 self.store.intend(self.key, index)
             elif handle.id is not None and not linked and handle.sent:
                 linked = True
-                self.store.link(self.key, index, handle.id)
+                self.store.link(self.key, index, handle.id, spent=False)  # the engine counted it
                 if result is not None:
                     with self._lock:
                         result.created += 1
@@ -450,6 +480,13 @@ class BatchCounts:
 
 def _not_started(index: int) -> CancelledBeforeStart:
     return CancelledBeforeStart(f"item {index}: the batch was stopped before it was sent")
+
+
+def _unsent(index: int, timeout: float | None) -> CancelledBeforeStart:
+    return CancelledBeforeStart(
+        f"item {index}: not sent: the batch's timeout ({timeout:g}s) ran out before the "
+        "service's rate limit let its create through"
+    )
 
 
 def _uncertain(index: int) -> UncertainJobError:

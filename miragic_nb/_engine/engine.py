@@ -11,7 +11,7 @@ handle through the client's API calls and does everything around them, here and 
 - **labelling**: results of the built-in emulator say so (``ResultInfo.emulator``);
 - **cancellation**: checked under one lock before the create is sent, and between status
   reads and download retries (``JobHandle.cancel``);
-- **deadlines**: a whole job runs under one ``transport.deadline``;
+- **deadlines**: a whole job runs under one ``context.deadline``;
 - **workers**: ``Workers`` is the package's one thread policy: daemon threads behind a
   semaphore, which never hold interpreter exit (a ``ThreadPoolExecutor``'s are joined at exit,
   so a job stuck in a slow read would hold a kernel restart).
@@ -24,7 +24,6 @@ so Ctrl-C reaches it. A batch or an async face is more handles on the same engin
 from __future__ import annotations
 
 import concurrent.futures
-import enum
 import logging
 import threading
 import time
@@ -32,66 +31,31 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from miragic_nb._api import transport
+from miragic_nb._core import config, context
 from miragic_nb._core.errors import JobFailedError, JobTimeoutError, MiragicError, server_text
 from miragic_nb._core.interrupts import deferred_interrupt
 from miragic_nb._core.jobs import Job, check_job_id
-from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.request import GenerationRequest, random_seed
 from miragic_nb._core.result_info import ResultInfo
-from miragic_nb._store.history import CANCELLED, COMPLETED, ERROR, FAILED, PENDING, TIMEOUT
+from miragic_nb._core.states import JobState, store_status
+from miragic_nb._core.urls import strip_userinfo
+from miragic_nb._engine import budget
+from miragic_nb._engine.port import APIPort
 
 if TYPE_CHECKING:
     import asyncio
 
     from miragic_nb._core.images import GeneratedImage
     from miragic_nb._store.history import History
-    from miragic_nb.client import Client
 
 log = logging.getLogger("miragic_nb")
 
 #: Jobs one ``Workers`` runs at the same time; more wait in line for a thread.
 MAX_CONCURRENT_JOBS = 4
+#: The built-in emulator's name in the history's reuse keys, whatever port it listens on.
+BUILTIN_EMULATOR = "builtin-emulator:"
 
 _T = TypeVar("_T")
-
-
-class JobState(str, enum.Enum):
-    """Where one job stands; the same words in every face, progress view and the history."""
-
-    QUEUED = "queued"
-    SUBMITTING = "submitting"
-    PENDING = "pending"
-    DOWNLOADING = "downloading"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_FINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
-
-
-def store_status(state: JobState, error: BaseException | None = None) -> str:
-    """The history's status word for a job in ``state`` (the words already on disk).
-
-    A failure the server did not report (a download or decoding problem, a lost connection)
-    is ``ERROR``: the job may have completed, and ``resume`` can still fetch it.
-    """
-    if state is JobState.FAILED and not isinstance(error, JobFailedError):
-        return ERROR
-    return {
-        JobState.COMPLETED: COMPLETED,
-        JobState.FAILED: FAILED,
-        JobState.CANCELLED: CANCELLED,
-        JobState.TIMED_OUT: TIMEOUT,
-    }.get(state, PENDING)
 
 
 class CancelledBeforeStart(MiragicError):
@@ -141,6 +105,8 @@ class JobHandle:
         self.job: Job | None = None
         self.result: GeneratedImage | None = None
         self.error: BaseException | None = None
+        #: The request gave no seed and the engine chose the one sent.
+        self.seed_chosen = False
         self.cancellation = cancellation if cancellation is not None else Cancellation()
         self.future: concurrent.futures.Future[GeneratedImage] | None = None
         self._lock = threading.Lock()
@@ -302,23 +268,31 @@ class Workers:
 
 
 class Engine:
-    """Drives jobs through one client's API calls, with the history and the labelling.
+    """Drives jobs through the API port's calls, with the history and the labelling.
 
     ``history`` None records nothing and reuses nothing; ``emulator`` labels every result as
     the built-in emulator's.
     """
 
     def __init__(
-        self, client: Client, *, history: History | None = None, emulator: bool = False
+        self, api: APIPort, *, history: History | None = None, emulator: bool = False
     ) -> None:
-        self.client = client
+        #: The API calls jobs go through (``APIPort``; ``MiragicAPI`` over HTTP).
+        self.api = api
         self.history = history
         self.emulator = emulator
         self._workers: Workers | None = None
         self._lock = threading.Lock()
 
+    @property
+    def identity(self) -> str:
+        """The server as the history's reuse knows it: its URL, or one name for the built-in
+        emulator, whose port changes with every process (so its seeded results are reused
+        across kernel restarts like any server's)."""
+        return BUILTIN_EMULATOR if self.emulator else self.api.base_url
+
     def __repr__(self) -> str:
-        return f"Engine({self.client!r}, history={self.history!r}, emulator={self.emulator})"
+        return f"Engine({self.api!r}, history={self.history!r}, emulator={self.emulator})"
 
     # -- starting jobs -------------------------------------------------------------------------
 
@@ -353,7 +327,7 @@ class Engine:
         """
         started = time.monotonic()
         try:  # refused before anything is sent or recorded
-            limit = self.client.timeout if timeout is None else check_timeout(timeout)
+            limit = self.api.timeout if timeout is None else config.check_timeout(timeout)
             handle.id = None if handle.id is None else check_job_id(handle.id)
         except MiragicError as exc:
             handle.move(JobState.FAILED, error=exc)
@@ -378,7 +352,7 @@ class Engine:
 
     def submit(self, request: GenerationRequest, *, timeout: float | None = None) -> Job:
         """Create a job (one credit) and record its id; returns the ``PENDING`` job."""
-        limit = self.client.timeout if timeout is None else check_timeout(timeout)
+        limit = self.api.timeout if timeout is None else config.check_timeout(timeout)
         handle = JobHandle(request)
         self._create(handle, time.monotonic() + limit)
         assert handle.job is not None
@@ -390,6 +364,17 @@ class Engine:
         request = handle.request
         assert request is not None
         # Under the handle's lock: once cancelled, no create is sent.
+        # The session's budget counts every face's jobs: checked here, before each create.
+        over = budget.refusal(self.history, emulator=self.emulator)
+        if over is not None:
+            handle.move(JobState.CANCELLED, error=over)
+            raise over
+        if request.seed is None:
+            # The server does not say which seed it used: choose one, send it and show it, so
+            # every picture can be made again. Chosen here, after the reuse check: an unseeded
+            # request is never answered from the history.
+            request = handle.request = replace(request, seed=random_seed())
+            handle.seed_chosen = True
         if not handle.begin_send():
             error = CancelledBeforeStart("cancelled before the job was sent; no credit used")
             handle.move(JobState.CANCELLED, error=error)
@@ -397,15 +382,18 @@ class Engine:
         handle.move(JobState.SUBMITTING)
         # A Ctrl-C while the create is on the wire waits until the id is recorded: otherwise it
         # would lose the id of a job already paid for.
-        with deferred_interrupt(), transport.deadline(deadline):
+        with deferred_interrupt(), context.deadline(deadline):
             try:
-                job = self.client.create(request)
+                job = self.api.create(request)
             except MiragicError as exc:
                 handle.move(JobState.FAILED, error=exc)
                 raise
             recorded = _without_userinfo(request)
-            base_url = self.client.base_url
-            self._record(lambda h: h.record_created(job.id, recorded, base_url=base_url))
+            base_url, identity = self.api.base_url, self.identity
+            self._record(
+                lambda h: h.record_created(job.id, recorded, base_url=base_url, identity=identity)
+            )
+            self._record(lambda h: budget.spend(h, job.id, emulator=self.emulator))
         handle.move(JobState.PENDING, job=job)
 
     def _finish(
@@ -416,16 +404,22 @@ class Engine:
         job_id = handle.id
         cancel = handle.cancel_event
         try:
-            with transport.deadline(deadline):
-                done = self.client.wait(
+            with context.deadline(deadline):
+                done = self.api.wait(
                     handle.job or job_id,
                     timeout=limit,
                     on_progress=lambda job: handle.move(JobState.PENDING, job=job),
                     cancel=cancel,
                 )
                 handle.move(JobState.DOWNLOADING, job=done)
-                data, done = self.client.download(done, cancel=cancel)
-            image = self._image(data, done, handle.request, elapsed=time.monotonic() - started)
+                data, done = self.api.download(done, cancel=cancel)
+            image = self._image(
+                data,
+                done,
+                handle.request,
+                elapsed=time.monotonic() - started,
+                seed_chosen=handle.seed_chosen,
+            )
         except Exception as exc:
             error = _ended(exc, job_id, deadline=deadline, limit=limit)
             state = _final_state(error, cancelled=cancel.is_set())
@@ -438,18 +432,25 @@ class Engine:
         return image
 
     def _image(
-        self, data: bytes, job: Job, request: GenerationRequest | None, *, elapsed: float
+        self,
+        data: bytes,
+        job: Job,
+        request: GenerationRequest | None,
+        *,
+        elapsed: float,
+        seed_chosen: bool = False,
     ) -> GeneratedImage:
         from miragic_nb._core.images import GeneratedImage
 
-        image = GeneratedImage.from_bytes(data, {}, max_pixels=self.client.max_pixels)
+        image = GeneratedImage.from_bytes(data, {}, max_pixels=self.api.max_pixels)
         info = ResultInfo.of_job(
             job,
             request,
-            base_url=self.client.base_url,
+            base_url=self.api.base_url,
             elapsed=elapsed,
             image_size=image.size,
             emulator=self.emulator,
+            seed_chosen=seed_chosen,
         )
         image.info["miragic"] = info.as_dict()
         return image
@@ -459,7 +460,7 @@ class Engine:
         if self.history is None or request.seed is None:
             return None
         try:
-            image = self.history.reuse(request, base_url=self.client.base_url)
+            image = self.history.reuse(request, base_url=self.identity)
         except MiragicError as exc:  # an unreadable history must never stop a generation
             log.warning("could not look for a saved result: %s", exc)
             return None
@@ -504,17 +505,6 @@ class Engine:
             return self._workers
 
 
-def check_timeout(timeout: object) -> float:
-    """A job timeout: a positive number of seconds (``inf`` waits for ever)."""
-    from miragic_nb._core.errors import InvalidRequestError
-
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise InvalidRequestError(
-            f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout"
-        )
-    return float(timeout)
-
-
 def _ended(exc: Exception, job_id: str, *, deadline: float, limit: float) -> MiragicError:
     """The error a job that failed with ``exc`` ends in, carrying its id.
 
@@ -551,7 +541,7 @@ def _without_userinfo(request: GenerationRequest) -> GenerationRequest:
     """The request as the history may keep it: no ``user:password@`` in its image URL."""
     if request.image_url is None:
         return request
-    return replace(request, image_url=transport.strip_userinfo(request.image_url))
+    return replace(request, image_url=strip_userinfo(request.image_url))
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, listener: Listener) -> Listener:

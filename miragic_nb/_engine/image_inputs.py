@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from miragic_nb._core.errors import InvalidRequestError
 from miragic_nb._core.jobs import Job, check_job_id
+from miragic_nb._core.request import ImageInput
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,10 +48,6 @@ __all__ = [
     "url_to_check",
 ]
 
-#: What ``image_url=`` accepts (a ``GeneratedImage`` is a PIL image).
-ImageInput: TypeAlias = (
-    "str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | Job | None"
-)
 #: ``(data, mimetype) -> URL``: puts the bytes somewhere the API can fetch them.
 Uploader = Callable[[bytes, str], str]
 

@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.display import display
@@ -24,10 +24,13 @@ from IPython.display import display
 from miragic_nb import session as builtin
 from miragic_nb._core import config
 from miragic_nb._core.errors import MissingAPIKeyError
-from miragic_nb._core.request import IMAGE_INPUT_MODELS, MODELS, GenerationRequest, parse_decimal
-from miragic_nb._magic.magic import Miragic, _name, _seconds, _Slot
-from miragic_nb._store.history import STATUSES
+from miragic_nb._core.request import IMAGE_INPUT_MODELS, MODELS, parse_decimal
+from miragic_nb._core.states import STATUSES
+from miragic_nb._magic.arguments import seconds, variable_name
 from miragic_nb._views.tables import history_bundle, usage_bundle
+
+if TYPE_CHECKING:
+    from miragic_nb._magic.magic import Miragic
 
 __all__ = ["COMMANDS", "LOGIN_ARGUMENT_REFUSED", "SUBCOMMANDS", "parse_since", "run_line"]
 
@@ -45,7 +48,7 @@ _SPAN_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
 _HISTORY_DEFAULT_LIMIT = 10
 _display: Callable[..., Any] = display
 
-Handler = Callable[[Miragic, argparse.Namespace], Any]
+Handler = Callable[["Miragic", argparse.Namespace], Any]
 
 
 class _HelpShown(Exception):
@@ -276,26 +279,11 @@ def _logout(magic: Miragic, args: argparse.Namespace) -> None:
     "resume",
     "wait again for a job already created (after a timeout or an interrupt); no new credit",
     _arg("job_id", metavar="JOB_ID", help="the id the interrupt or timeout message showed"),
-    _arg("-o", "--out", type=_name, metavar="NAME", help="also store the result in NAME"),
-    _arg("--timeout", type=_seconds, metavar="S", help="seconds to wait before giving up"),
+    _arg("-o", "--out", type=variable_name, metavar="NAME", help="also store the result in NAME"),
+    _arg("--timeout", type=seconds, metavar="S", help="seconds to wait before giving up"),
 )
 def _resume(magic: Miragic, args: argparse.Namespace) -> Any:
-    engine = magic._resolve().client.engine
-    slot = _Slot(
-        label="resume",
-        request=GenerationRequest("(resumed job)"),
-        progress=magic._make_progress("resume", many=False),
-        resume_id=args.job_id,
-    )
-    magic._run(
-        [slot],
-        lambda handle, workers: engine.start(
-            handle,
-            timeout=args.timeout or magic.timeout,
-            workers=workers,
-        ),
-    )
-    return magic._finish([slot], args.out, False, columns=1)
+    return magic.resume(args.job_id, out=args.out, timeout=args.timeout)
 
 
 @_subcommand("panel", "the point-and-click panel, with this shell's %config Miragic settings")
@@ -411,12 +399,12 @@ def _usage(magic: Miragic, args: argparse.Namespace) -> None:
 
 @_subcommand("help", "this overview; %miragic SUBCOMMAND --help shows one subcommand's options")
 def _help(magic: Miragic, args: argparse.Namespace) -> None:
-    print(overview())
+    print(overview(magic))
 
 
-def overview() -> str:
+def overview(magic: Miragic) -> str:
     """``%miragic help``: the cell's options and every subcommand, from their parsers."""
-    cell_parser = cast(Any, Miragic.miragic).parser  # built by IPython's @magic_arguments
+    cell_parser = cast(Any, type(magic).miragic).parser  # built by IPython's @magic_arguments
     options = cell_parser.formatter_class(prog="%%miragic")
     options.start_section(None)  # indents the options under the line above
     options.add_arguments(cell_parser._actions)

@@ -12,11 +12,9 @@ short line; ``%config Miragic.short_errors = False`` shows full tracebacks inste
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import functools
 import itertools
-import keyword
 import queue
 import re
 from collections.abc import Callable
@@ -27,12 +25,13 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, observe, validate
 from traitlets.config import Configurable
 
 from miragic_nb import session as builtin
 from miragic_nb._core import config
 from miragic_nb._core.errors import (
+    APIError,
     InvalidRequestError,
     JobFailedError,
     JobTimeoutError,
@@ -51,13 +50,14 @@ from miragic_nb._engine import budget
 from miragic_nb._engine.engine import Cancellation, CancelledBeforeStart, JobHandle, Workers
 from miragic_nb._engine.image_inputs import held_value, restore_held_names, url_to_check
 from miragic_nb._magic import sweeps
+from miragic_nb._magic.arguments import seconds, variable_name
 from miragic_nb._views.gallery import ImageGrid
 from miragic_nb._views.progress import JobProgress, make_progress
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from miragic_nb._store.history import History
+    from miragic_nb import History
 
 #: Most jobs one cell may start (prompts × seeds × models); they run through the engine,
 #: at most ``Miragic.max_concurrency`` at a time.
@@ -67,15 +67,11 @@ MAX_CONCURRENCY = 16
 #: Seconds between progress redraws while no status read arrives (elapsed time keeps moving).
 TICK_SECONDS = 0.25
 _SIZE = re.compile(r"^\s*(\d+)\s*[x×X*]\s*(\d+)\s*$")
-#: Names IPython keeps in the user's namespace (output history, input history, directories,
-#: the shell itself) and dunders; a result stored there would break every later cell.
-_SHELL_NAMES = frozenset({"get_ipython", "exit", "quit", "In", "Out"})
-_SHELL_NAME = re.compile(r"_+|_\d+|_i.*|_o.*|_dh.*|__.*__")
 
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # IPython's decorators are untyped; these typed names keep the magic checked by mypy --strict.
-_magic_arguments = cast(Callable[[], _Decorator], magic_arguments)
+_magic_arguments = cast(Callable[..., _Decorator], magic_arguments)
 _argument = cast(Callable[..., _Decorator], argument)
 _line_cell_magic = cast(_Decorator, line_cell_magic)
 _parse_argstring = cast(Callable[[Callable[..., Any], str], argparse.Namespace], parse_argstring)
@@ -122,38 +118,11 @@ def _count(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
 def _size(text: str) -> tuple[int, int]:
     match = _SIZE.match(text)
     if match is None:
         raise argparse.ArgumentTypeError(f"must look like 1024x768, got {text!r}")
     return _side(match.group(1)), _side(match.group(2))
-
-
-def _name(text: str) -> str:
-    """A variable of the user's own: replacing one the shell or Python needs breaks the shell."""
-    if (
-        not text.isidentifier()
-        or keyword.iskeyword(text)
-        or text in _SHELL_NAMES
-        or _SHELL_NAME.fullmatch(text)
-        or hasattr(builtins, text)
-    ):
-        raise argparse.ArgumentTypeError(
-            "must be a Python variable name of your own, not a keyword, a builtin (print...) "
-            f"or one of IPython's (get_ipython, exit, quit, In, Out, _, _i..., _o..., _dh), "
-            f"got {text!r}"
-        )
-    return text
 
 
 @dataclass
@@ -227,6 +196,11 @@ class Miragic(Magics, Configurable):
 
     # -- trait validation --------------------------------------------------------------------
 
+    @observe("max_credits")
+    def _credit_cap_changed(self, change: dict[str, Any]) -> None:
+        # %config Miragic.max_credits caps every face's jobs, not only this magic's cells.
+        builtin.set_credit_cap(change["new"])
+
     @validate("model")
     def _check_model(self, proposal: Any) -> str:
         value = str(proposal["value"]).strip().lower()
@@ -260,7 +234,7 @@ class Miragic(Magics, Configurable):
 
     # -- the magic -------------------------------------------------------------------------
 
-    @_magic_arguments()
+    @_magic_arguments(name="%miragic")  # the usage reads "%%miragic": a cell magic first
     @_argument(
         "-m",
         "--model",
@@ -293,7 +267,7 @@ class Miragic(Magics, Configurable):
     @_argument("--safe", action=argparse.BooleanOptionalAction, help="strict content filter")
     @_argument("--private", action=argparse.BooleanOptionalAction, help="keep out of public feeds")
     @_argument("--nologo", action=argparse.BooleanOptionalAction, help="no logo overlay")
-    @_argument("--timeout", type=_seconds, help="seconds to wait before giving up")
+    @_argument("--timeout", type=seconds, help="seconds to wait before giving up")
     @_argument(
         "-n",
         "--n",
@@ -303,7 +277,9 @@ class Miragic(Magics, Configurable):
         help=f"run N jobs at once (seeds S, S+1, ... with --seed S); 1-{MAX_JOBS}",
     )
     @_argument("--fresh", action="store_true", help="always start a new job; never reuse")
-    @_argument("-o", "--out", type=_name, metavar="NAME", help="also store the result in NAME")
+    @_argument(
+        "-o", "--out", type=variable_name, metavar="NAME", help="also store the result in NAME"
+    )
     @_line_cell_magic
     def miragic(self, line: str, cell: str | None = None) -> Any:
         """Generate an image from the cell's prompt with the Miragic API.
@@ -346,8 +322,10 @@ class Miragic(Magics, Configurable):
             return None
         client = self._resolve().client
         engine = client.engine
-        history = engine.history or self._history()
-        budget.check_session(history, planned=len(requests), max_credits=self.max_credits)
+        if not engine.emulator:  # the built-in emulator's jobs cost nothing
+            budget.check_session(
+                engine.history, planned=len(requests), max_credits=self.max_credits
+            )
         if args.image_url is not None:
             # Resolved once for every job of the cell: one status read or one upload.
             try:
@@ -356,10 +334,8 @@ class Miragic(Magics, Configurable):
             except InvalidRequestError as exc:
                 raise UsageError(f"%%miragic: {exc.message}") from None
         slots = self._slots(requests, sweep_labels, many=len(requests) > 1)
-        count = budget.counting(history)
 
         def start(handle: JobHandle, workers: Workers) -> object:
-            handle.subscribe(count)
             return engine.start(
                 handle,
                 timeout=args.timeout or self.timeout,
@@ -509,7 +485,8 @@ class Miragic(Magics, Configurable):
     def _settle(self, slot: _Slot, handle: JobHandle) -> None:
         if handle.result is None:
             error = _slot_error(slot)
-            slot.progress.fail(_one_line(error, self._resume_hint(error)))
+            # The row says what happened; the cell's error line alone says how to resume.
+            slot.progress.fail(_one_line(error, ""))
             return
         widget = bool(getattr(slot.progress, "widget", None))
         # In JupyterLab text next to an image is hidden: the widget row becomes the caption.
@@ -546,6 +523,8 @@ class Miragic(Magics, Configurable):
         job_id = getattr(exc, "job_id", None)
         if not job_id or isinstance(exc, JobFailedError):
             return ""
+        if isinstance(exc, APIError) and exc.status_code == 404:
+            return ""  # the server does not know the job: there is nothing to resume
         return f"; it may still finish: %miragic resume {job_id}"
 
     # -- results ---------------------------------------------------------------------------
@@ -599,6 +578,23 @@ class Miragic(Magics, Configurable):
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def resume(self, job_id: str, *, out: str | None, timeout: float | None) -> Any:
+        """``%miragic resume``: wait again for a job already created, show and return it."""
+        engine = self._resolve().client.engine
+        slot = _Slot(
+            label="resume",
+            request=GenerationRequest("(resumed job)"),
+            progress=self._make_progress("resume", many=False),
+            resume_id=job_id,
+        )
+        self._run(
+            [slot],
+            lambda handle, workers: engine.start(
+                handle, timeout=timeout or self.timeout, workers=workers
+            ),
+        )
+        return self._finish([slot], out, False, columns=1)
+
     def settings(self) -> builtin.Settings:
         """The resolved settings every face of this shell uses (``%config Miragic.*``)."""
         return builtin.Settings(
@@ -621,9 +617,7 @@ class Miragic(Magics, Configurable):
         return PollSchedule(initial_delay=first, max_delay=longest, min_delay=min(0.05, first))
 
     def _history(self) -> History:
-        from miragic_nb._store.history import History
-
-        return History(self.home or None)
+        return builtin.history(self.settings())
 
     def _make_progress(self, label: str, *, many: bool) -> JobProgress:
         widgets = {"auto": None, "widgets": True, "text": False}[self.progress]
@@ -653,9 +647,16 @@ def _cell_seeds(args: argparse.Namespace) -> list[int | None]:
 
 def _print_plan(requests: list[GenerationRequest]) -> None:
     """``--dry-run``: the jobs a cell would start, and what they may cost."""
-    for request in requests:
-        seed = "" if request.seed is None else f" seed {request.seed}"
-        print(f"  {request.model} {request.width}×{request.height}{seed}: {request.prompt}")
+    lines = [
+        f"{request.model} {request.width}×{request.height}"
+        + ("" if request.seed is None else f" seed {request.seed}")
+        + f": {request.prompt}"
+        for request in requests
+    ]
+    # `--n 20` without a seed is twenty identical jobs: one line says so.
+    for line, same in itertools.groupby(lines):
+        times = len(list(same))
+        print(f"  {times} × {line}" if times > 1 else f"  {line}")
     count = len(requests)
     print(
         f"{count} job{'s' * (count != 1)}, up to {count} credit{'s' * (count != 1)} "
@@ -672,18 +673,6 @@ def _one_line(exc: BaseException | None, hint: str = "") -> str:
     return text + hint
 
 
-def loaded_settings() -> builtin.Settings | None:
-    """The settings of the ``Miragic`` configurable loaded in the running shell, if any."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    for configurable in getattr(shell, "configurables", []):
-        if type(configurable).__name__ == Miragic.__name__:
-            settings: builtin.Settings = configurable.settings()
-            return settings
-    return None
-
-
 # -- extension entry points --------------------------------------------------------------------
 
 
@@ -692,7 +681,10 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     unload_ipython_extension(ipython)  # loading twice must not leave two configurables
     # Magics.__init__ adds the instance to shell.configurables (for %config) and takes the
     # shell as its traitlets parent, so c.Miragic.* from ipython_config.py applies.
-    ipython.register_magics(Miragic(shell=ipython))
+    magic = Miragic(shell=ipython)
+    ipython.register_magics(magic)
+    # Every face of this process now reads these settings and keeps to this credit cap.
+    builtin.attach(magic.settings, max_credits=magic.max_credits)
     # IPython asks Pillow for PNG *and* JPEG, so every crop, thumbnail or blend of a result
     # would be stored twice, once lossily. Frontends prefer the PNG: keep only that.
     _pil_jpeg_formatter(ipython).for_type(_pil_image_class(), _no_jpeg)
@@ -714,6 +706,7 @@ def _pil_image_class() -> type:
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    builtin.detach()
     # By class name: after %reload_ext an older Miragic class may still be registered.
     ipython.configurables[:] = [
         c for c in ipython.configurables if type(c).__name__ != Miragic.__name__

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from miragic_nb._engine.engine import JobHandle, JobState
+from miragic_nb._core.states import JobState
+from miragic_nb._engine.engine import JobHandle
 from miragic_nb._panel.style import excerpt
 from miragic_nb._views.progress import JobProgress, WidgetProgress, make_progress
 

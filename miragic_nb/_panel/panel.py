@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from miragic_nb._core.errors import InvalidRequestError, MiragicError, MissingAPIKeyError
-from miragic_nb._engine.engine import CancelledBeforeStart, JobState, Workers, on_loop
+from miragic_nb._core.states import JobState
+from miragic_nb._engine.engine import CancelledBeforeStart, Workers, on_loop
 from miragic_nb._panel.form import SIZE_PRESETS, PanelForm
 from miragic_nb._panel.gallery import Gallery, ResultCard, SelectedResult, thumbnail_jpeg
 from miragic_nb._panel.jobs import JobRows, PanelJob, cancel_message
@@ -394,13 +395,12 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     def _current_settings(self) -> Settings:
         """The settings given, else the loaded extension's (read at every Generate)."""
-        from miragic_nb.session import Settings
 
         if self._settings is not None:
             return self._settings
-        from miragic_nb._magic.magic import loaded_settings
+        from miragic_nb.session import current_settings
 
-        return loaded_settings() or Settings()
+        return current_settings()
 
     def _describe_client(self) -> None:
         """The header: where jobs go. Decided without starting anything (no emulator)."""

@@ -75,7 +75,7 @@ def file_metadata(image: GeneratedImage) -> dict[str, Any]:
 
 def _with_metadata(data: bytes, meta: dict[str, Any]) -> tuple[bytes, bool]:
     """``data`` with ``meta`` embedded the way the history embeds it; False if it could not be."""
-    from miragic_nb._store.history import embed_metadata, read_embedded_metadata
+    from miragic_nb._core.embedded import embed_metadata, read_embedded_metadata
 
     embedded = embed_metadata(data, meta)
     return embedded, read_embedded_metadata(embedded) is not None

@@ -43,20 +43,14 @@ from miragic_nb._core.embedded import (
 from miragic_nb._core.errors import HistoryError, InvalidRequestError
 from miragic_nb._core.filenames import is_plain_name, safe_stem
 from miragic_nb._core.request import FLAGS, GenerationRequest
+from miragic_nb._core.states import COMPLETED, FAILED, PENDING
 from miragic_nb._store import legacy, store
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
 
 __all__ = [
-    "CANCELLED",
-    "COMPLETED",
-    "ERROR",
-    "FAILED",
     "METADATA_KEY",
-    "PENDING",
-    "STATUSES",
-    "TIMEOUT",
     "History",
     "HistoryRecord",
     "StatusEvent",
@@ -75,17 +69,6 @@ log = logging.getLogger("miragic_nb")
 ENV_HOME = "MIRAGIC_HOME"
 APP_NAME = "miragic-nb"
 
-PENDING = "PENDING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-#: We stopped waiting; the job may still finish on the server (and be resumed).
-TIMEOUT = "TIMEOUT"
-#: The user stopped the wait (kernel interrupt, Cancel button).
-CANCELLED = "CANCELLED"
-#: Anything else that ended the wait: a download or decoding failure, a connection error.
-ERROR = "ERROR"
-#: Every status a record can have.
-STATUSES = (PENDING, COMPLETED, FAILED, TIMEOUT, CANCELLED, ERROR)
 
 #: Columns that are ``HistoryRecord`` fields as they are.
 _SAME_NAMED = [
@@ -207,13 +190,22 @@ class History:
     # -- writing ---------------------------------------------------------------------------
 
     def record_created(
-        self, job_id: str, request: GenerationRequest, *, base_url: str
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        *,
+        base_url: str,
+        identity: str | None = None,
     ) -> HistoryRecord:
-        """Record a job the moment the create call returns, before any waiting."""
+        """Record a job the moment the create call returns, before any waiting.
+
+        ``identity`` names the server for reuse when its URL is not stable (the built-in
+        emulator listens on a new port in every process); default: ``base_url``.
+        """
         fields = {
             **request.describe(),
             "base_url": _clean_base_url(base_url),
-            "reuse_key": reuse_key(request, base_url=base_url),
+            "reuse_key": reuse_key(request, base_url=identity or base_url),
         }
 
         def update(row: dict[str, Any]) -> tuple[str, str | None]:

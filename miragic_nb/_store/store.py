@@ -29,6 +29,7 @@ from typing import Any
 
 from miragic_nb._core.errors import HistoryCorruptError, HistoryError, HistoryTooNewError
 from miragic_nb._core.request import FLAGS
+from miragic_nb._core.urls import strip_userinfo
 
 DATABASE_NAME = "history.sqlite3"
 #: Writers wait this long for another kernel's transaction before giving up.
@@ -129,7 +130,6 @@ JOB_COLUMNS = (
 )
 _URL_COLUMNS = ("image_url", "base_url", "result_url")
 _NORMAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 #: Question marks for a chunk of ``IN (...)``; well under SQLite's variable limit.
 _CHUNK = 500
 
@@ -357,11 +357,6 @@ def clean_text(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def strip_userinfo(url: str) -> str:
-    """``url`` without any ``user:password@``: credentials are never stored."""
-    return _USERINFO.sub(r"\1", url) if "@" in url else url
 
 
 def _cleaned(column: str, value: object) -> object:

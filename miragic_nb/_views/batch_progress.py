@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 
-from miragic_nb._engine.engine import JobState
+from miragic_nb._core.states import JobState
 from miragic_nb._views.progress import JobProgress, make_progress
 
 if TYPE_CHECKING:

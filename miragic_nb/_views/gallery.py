@@ -14,7 +14,8 @@ import html
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from miragic_nb._core.provenance import METADATA_KEY, provenance
+from miragic_nb._core.embedded import METADATA_KEY
+from miragic_nb._core.provenance import provenance
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage

@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO, TYPE_CHECKING, Any
 
-from miragic_nb._engine.engine import JobState
+from miragic_nb._core.states import JobState
 
 if TYPE_CHECKING:
     from miragic_nb._core.jobs import Job

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{kind} requests allowed at once (default: the rate, rounded up)",
         )
+    parser.add_argument(
+        "--standard-headers",
+        action="store_true",
+        help="answer a 429 with Retry-After in whole seconds only (no X-RateLimit-Reset-After)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -99,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         rate_limits=rate_limits,
         workers=args.workers,
+        standard_headers=args.standard_headers,
     )
     stop = threading.Event()
 
@@ -112,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Result files also served from {emulator.second_origin.url}", flush=True)
         for kind, limit in rate_limits.items():
             print(f"Rate limit on {kind}: {limit.per_second:g}/s, burst {limit.burst}", flush=True)
+        if args.standard_headers:
+            print("429 answers carry Retry-After only (whole seconds)", flush=True)
         if args.workers is not None:
             print(f"Service workers: {args.workers}", flush=True)
         print(

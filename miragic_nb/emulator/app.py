@@ -66,6 +66,9 @@ class EmulatorConfig:
     report_progress: bool = True
     fetch_timeout: float = 5.0
     max_input_bytes: int = 20 * 1024 * 1024
+    #: A 429 carries only ``Retry-After`` in whole seconds, as most services send it (no
+    #: ``X-RateLimit-Reset-After``).
+    standard_headers: bool = False
 
 
 class EmulatorState:
@@ -234,15 +237,17 @@ def _error(message: str, status: int) -> Response:
     return _json({"success": False, "message": message}, status)
 
 
-def _throttled(wait: float) -> Response:
-    """429 for a request that found its bucket empty; a token is there in ``wait`` seconds."""
+def _throttled(wait: float, *, standard: bool = False) -> Response:
+    """429 for a request that found its bucket empty; a token is there in ``wait`` seconds
+    (``standard``: only ``Retry-After``)."""
     response = _error(TOO_MANY_REQUESTS, 429)
     # Both hints round up, so a client that waits exactly as long always finds a token:
     # Retry-After in whole seconds (RFC 9110 delta-seconds), and the wait to the millisecond
     # in X-RateLimit-Reset-After, as Discord's API sends it.
     millis = math.ceil(wait * 1000)
     response.headers["Retry-After"] = str(max(1, math.ceil(millis / 1000)))
-    response.headers["X-RateLimit-Reset-After"] = f"{millis / 1000:.3f}"
+    if not standard:
+        response.headers["X-RateLimit-Reset-After"] = f"{millis / 1000:.3f}"
     return response
 
 
@@ -291,7 +296,9 @@ class _Origin:
             wait = 0.0 if kind is None else self.state.limits.take(kind)
             if wait > 0:
                 throttled = True
-                outcome: _Outcome = _Outcome(_throttled(wait))
+                outcome: _Outcome = _Outcome(
+                    _throttled(wait, standard=self.state.config.standard_headers)
+                )
             else:
                 outcome = getattr(self, f"on_{endpoint}")(request, **args)
         except NotFound:

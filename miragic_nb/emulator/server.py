@@ -256,7 +256,9 @@ class Emulator:
     rolls reproducible. ``rate_limits`` maps a kind (``"create"``, ``"status"``,
     ``"download"``) to a :class:`~miragic_nb.emulator.limits.RateLimit`; ``workers`` is the
     number of service workers (``None``: every job starts at once). Both can be changed while
-    it runs (``emu.limits``, ``emu.workers``). ``render_workers`` is unrelated: the threads
+    it runs (``emu.limits``, ``emu.workers``). ``standard_headers`` answers a 429 with
+    ``Retry-After`` in whole seconds only, as most services do (by default it also sends the
+    precise ``X-RateLimit-Reset-After``). ``render_workers`` is unrelated: the threads
     that draw the JPEGs. Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -277,6 +279,7 @@ class Emulator:
         max_input_bytes: int = MAX_INPUT_BYTES,
         rate_limits: Mapping[str, RateLimit] | None = None,
         workers: int | None = None,
+        standard_headers: bool = False,
     ) -> None:
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
@@ -293,6 +296,7 @@ class Emulator:
             report_progress=report_progress,
             fetch_timeout=fetch_timeout,
             max_input_bytes=max_input_bytes,
+            standard_headers=standard_headers,
         )
         self._seed, self._render_workers = seed, render_workers
         self._state = self._new_state()

@@ -28,7 +28,7 @@ MODULES = (
     "miragic_nb/_core/images.py",
     "miragic_nb/_core/config.py",
     "miragic_nb/_api/transport.py",
-    "miragic_nb/client.py",
+    "miragic_nb/_api/miragic.py",
 )
 #: In each module, the functions that carry a guarantee: only these are mutated (the rest of
 #: the module is fenced off with ``# pragma: no mutate start/end`` lines in the scratch copy).
@@ -49,6 +49,7 @@ GUARANTEED = {
         "is_loopback_host",
         "normalize_base_url",
         "origin",
+        "as_secret",
     },
     "miragic_nb/_api/transport.py": {
         "BoundedRetry.get_retry_after",
@@ -74,14 +75,14 @@ GUARANTEED = {
         "error_chain",
         "never_connected",
     },
-    "miragic_nb/client.py": {
-        "Client.__repr__",
-        "Client.create",
-        "Client.download",
-        "Client._fetch_with_retries",
-        "Client._fetch",
-        "Client._send",
-        "_as_secret",
+    "miragic_nb/_api/miragic.py": {
+        "MiragicAPI.__repr__",
+        "MiragicAPI.create",
+        "MiragicAPI.download",
+        "MiragicAPI._fetch_with_retries",
+        "MiragicAPI._fetch",
+        "MiragicAPI._send",
+        "MiragicAPI.require_key",
     },
 }
 #: The test files that cover them (no kernels, no browser: a mutant lives in one process).

@@ -20,12 +20,13 @@ from PIL import Image
 
 from miragic_nb import Client
 from miragic_nb._api import transport
+from miragic_nb._api.miragic import CREATE_PATH
 from miragic_nb._core.config import Secret
+from miragic_nb._core.context import caller_paces_creates
 from miragic_nb._core.errors import DownloadError
 from miragic_nb._core.images import MAX_PIXELS, decode
 from miragic_nb._core.request import GenerationRequest
 from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState
-from miragic_nb.client import CREATE_PATH
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import (
@@ -322,7 +323,7 @@ def test_a_429_on_create_is_not_retried_while_the_caller_paces_creates() -> None
     retry = transport.create_retry()
     assert retry.is_retry("POST", 429, has_retry_after=True)
     assert not retry.is_retry("POST", 503, has_retry_after=True)
-    with transport.caller_paces_creates():
+    with caller_paces_creates():
         assert not retry.is_retry("POST", 429, has_retry_after=True)
     assert retry.is_retry("POST", 429, has_retry_after=True)
 

@@ -22,11 +22,12 @@ from miragic_nb import Client
 from miragic_nb._api import transport
 from miragic_nb._api.miragic import CREATE_PATH
 from miragic_nb._core.config import Secret
-from miragic_nb._core.context import caller_paces_creates
+from miragic_nb._core.context import caller_paces_creates, deadline
 from miragic_nb._core.errors import DownloadError
 from miragic_nb._core.images import MAX_PIXELS, decode
 from miragic_nb._core.request import GenerationRequest
-from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle, JobState
+from miragic_nb._core.states import JobState
+from miragic_nb._engine.engine import CancelledBeforeStart, JobHandle
 from miragic_nb.emulator import Emulator
 from tests.conftest import FAST_POLLS
 from tests.hostile_servers import (
@@ -226,7 +227,7 @@ def _result_server(answer: Answer) -> HostileServer:
 
 
 def _fetch(url: str, *, max_bytes: int = 1000, seconds: float = 10.0) -> bytes:
-    with requests.Session() as session, transport.deadline(time.monotonic() + seconds):
+    with requests.Session() as session, deadline(time.monotonic() + seconds):
         return transport.fetch_bytes(
             session, url + "/r.png", timing=(5.0, 5.0), max_bytes=max_bytes, job_id="job-1"
         )
@@ -294,7 +295,7 @@ def test_retry_after_zero_is_no_pause() -> None:
 
 
 def test_retry_after_is_capped_by_the_time_left() -> None:
-    with transport.deadline(time.monotonic() + 3.0):
+    with deadline(time.monotonic() + 3.0):
         pause = transport.create_retry().get_retry_after(_answer_with({"Retry-After": "25"}))
     assert pause is not None
     assert 2.0 < pause <= 3.0
@@ -311,11 +312,11 @@ def test_a_first_retry_has_no_backoff() -> None:
 
 
 def test_retries_are_exhausted_once_the_deadline_has_passed_and_not_before() -> None:
-    with transport.deadline(time.monotonic() - 0.1):
+    with deadline(time.monotonic() - 0.1):
         assert transport.create_retry().is_exhausted()
     # Not exhausted while time is left, even under a second (a stalled test only makes
     # this deadline pass sooner, never later).
-    with transport.deadline(time.monotonic() + 0.9):
+    with deadline(time.monotonic() + 0.9):
         assert not transport.read_retry().is_exhausted()
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from miragic_nb import Client
 from miragic_nb._api import transport
-from miragic_nb._api.miragic import CREATE_PATH
+from miragic_nb._api.miragic import CREATE_PATH, MiragicAPI
 from miragic_nb._core.config import Secret
 from miragic_nb._core.context import caller_paces_creates, deadline
 from miragic_nb._core.errors import DownloadError
@@ -384,3 +384,46 @@ def test_secrets_are_equal_by_value_and_only_to_secrets() -> None:
     assert Secret("k-1") != Secret("k-2")
     assert Secret("k-1") != "k-1"
     assert len({Secret("k-1"), Secret("k-1"), Secret("k-2")}) == 2
+
+
+def test_every_key_holder_shows_a_fixed_mask(emulator: Emulator) -> None:
+    secret = Secret("k-123")
+    assert repr(secret) == str(secret) == "Secret('********')"
+    assert repr(transport.HeaderSecret("k-123")) == "'********'"
+    origin = ("http", "127.0.0.1", 80)
+    assert repr(transport.ApiKeyAuth(secret, origin)) == "<API key auth (hidden)>"
+    for key, shown in ((emulator.api_key, "set"), (None, "not set")):
+        api = MiragicAPI(api_key=key, base_url=emulator.url)
+        try:
+            assert repr(api) == f"MiragicAPI(base_url={emulator.url!r}, api_key={shown})"
+        finally:
+            api.close()
+    assert repr(MiragicAPI.__new__(MiragicAPI)) == "MiragicAPI(base_url=None, api_key=not set)"
+
+
+# -- downloads: what a result host's answer means ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 404, 500])
+def test_a_result_host_error_is_a_download_error_with_its_status(status: int) -> None:
+    with _result_server([http_answer(status, b"<h1>no</h1>", reason="No")]) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url)
+    assert str(caught.value) == f"result download answered {status} (job job-1)"
+    assert (caught.value.status_code, caught.value.job_id) == (status, "job-1")
+
+
+def test_a_result_is_asked_for_as_an_image() -> None:
+    with _result_server([http_answer(200, b"x" * 10)]) as server:
+        _fetch(server.url)
+    assert server.requests[0].headers.get("accept") == "image/*"
+
+
+def test_a_result_host_that_never_answers_is_given_up_on_by_the_deadline() -> None:
+    # It accepts the connection and says nothing (until the test server's own 30 s limit):
+    # the per-attempt timeout, never longer than the time left, ends the wait.
+    with HostileServer(lambda request: [60.0]) as server:
+        with pytest.raises(DownloadError) as caught:
+            _fetch(server.url, seconds=1.0)
+    assert "timed out" in str(caught.value)
+    assert caught.value.status_code == 0

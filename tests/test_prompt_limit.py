@@ -16,8 +16,8 @@ from miragic_nb import Client, GenerationRequest, InvalidRequestError
 from miragic_nb.__main__ import main
 from miragic_nb._panel.panel import Panel
 from miragic_nb.emulator import Emulator
-from tests.hostile_servers import ScriptedApi, status_answer
 from tests.api.test_hostile_client import hostile_client
+from tests.hostile_servers import ScriptedApi, status_answer
 
 if TYPE_CHECKING:
     from tests.magic_fixtures import Runner

@@ -73,6 +73,7 @@ import requests  # noqa: E402
 from miragic_nb._core.polling import PollSchedule  # noqa: E402
 from miragic_nb.client import Client  # noqa: E402
 from miragic_nb.emulator import Emulator  # noqa: E402
+from tests import guarantee_breaks  # noqa: E402
 
 # A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do)
 # inherits SIGINT ignored, and so would every Python it starts. The interrupt tests need Ctrl-C
@@ -80,6 +81,11 @@ from miragic_nb.emulator import Emulator  # noqa: E402
 # default for the children.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    guarantee_breaks.apply_from_environment()  # MIRAGIC_BREAK: see tests/prove_guarantees.py
+
 
 #: A poll schedule for tests: dense polling, so short jobs finish fast.
 FAST_POLLS = PollSchedule(initial_delay=0.02, growth=1.3, max_delay=0.2, min_delay=0.01)

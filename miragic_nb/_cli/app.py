@@ -13,6 +13,7 @@ the page's "Save to" field is switched off, so a visitor cannot write files else
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import secrets
 import tempfile
@@ -60,12 +61,12 @@ def panel_source(save_dir: Path) -> str:
         "import os\n"
         f"os.chdir({str(save_dir)!r})\n"
         "from miragic_nb._panel.panel import EMULATOR_NOTICE, Panel\n"
-        "panel = Panel()\n"
+        "# Saved files go to the folder chosen when the app was started, nowhere else: the\n"
+        "# panel decides the path itself, whatever the page sends as the field's value.\n"
+        f"panel = Panel(save_dir={str(save_dir)!r})\n"
         "# A page visitor cannot run %miragic login: say what the person starting it can do.\n"
         f"notice = {APP_EMULATOR_NOTICE!r}\n"
         "panel.header.value = panel.header.value.replace(EMULATOR_NOTICE, notice)\n"
-        "# Saved files go to the folder chosen when the app was started, nowhere else.\n"
-        "panel.save_path.disabled = True\n"
         "panel.save_path.placeholder = 'saved in the folder the app was started with'\n"
         "panel"
     )
@@ -111,7 +112,7 @@ def serve(settings: AppSettings, *, say: Callable[[str], None] = print) -> None:
         notebook = write_app_notebook(Path(folder), settings.save_dir)
         for line in start_message(settings, dict(os.environ)):
             say(line)
-        Voila.launch_instance(
+        _voila_class(Voila).launch_instance(
             argv=[str(notebook), "--no-browser"],
             ip=settings.host,
             port=settings.port,
@@ -119,3 +120,92 @@ def serve(settings: AppSettings, *, say: Callable[[str], None] = print) -> None:
             token=settings.token,
             open_browser=False,
         )
+
+
+#: The subprotocol a browser asks for; without it the legacy framing is used.
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+
+def v1_frame_header(frame: bytes) -> dict[str, Any] | None:
+    """The header of a kernel message framed by the v1 websocket protocol, else None (another
+    framing, or not a message).
+
+    A v1 frame is a count of offsets, the offsets (8-byte little-endian each), then the parts:
+    channel, header, parent header, ... Only the two offsets around the header are read.
+    """
+    if len(frame) < 32 or int.from_bytes(frame[:8], "little") < 3:
+        return None
+    start, end = int.from_bytes(frame[16:24], "little"), int.from_bytes(frame[24:32], "little")
+    if not 32 <= start <= end <= len(frame):
+        return None
+    try:
+        header = json.loads(frame[start:end])
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def frame_is_readable(frame: object, subprotocol: str | None) -> bool:
+    """Whether the offsets a binary frame from the browser announces fit in the frame.
+
+    Jupyter Server reads a binary frame by taking its first bytes as a count of offsets and
+    reading that many, unchecked: a 32-byte frame announcing 2**60 offsets (v1) or 2**31 - 1
+    (legacy framing, one struct format character each) keeps the server allocating until the
+    machine runs out of memory. A frame whose count fits in its length costs work in
+    proportion to its size, which the websocket's message size limit bounds.
+    """
+    if not isinstance(frame, bytes):
+        # JSON text is parsed in proportion to its length; v1 frames are binary only.
+        return subprotocol != V1_PROTOCOL
+    if subprotocol == V1_PROTOCOL:
+        count = int.from_bytes(frame[:8], "little") if len(frame) >= 8 else 0
+        return count >= 2 and 8 * (count + 1) <= len(frame)
+    count = int.from_bytes(frame[:4], "big", signed=True) if len(frame) >= 4 else 0
+    return count >= 1 and 4 * (count + 1) <= len(frame)
+
+
+def _voila_class(voila: Any) -> Any:
+    """Voilà, with a kernel websocket handler that reads every frame in bounded work.
+
+    Voilà's own handler drops ``execute_input`` messages (they would show the cell's code) by
+    reading every binary frame it sends as if it were v1-framed: it takes the first 8 bytes as
+    a count of offsets, unchecked, and builds that list. A frame in the legacy framing (a client
+    that asks for no subprotocol) with binary buffers -- ipywidgets' answer to
+    ``request_states`` carries the images' bytes as buffers -- starts with bytes that read as
+    a count near 2**60, and the server loops and fills its memory for as long as it runs. Any
+    visitor with the page's token could send that one message; frames sent by the visitor
+    (``frame_is_readable``) had the same flaw in Jupyter Server.
+    """
+    from voila.tornado.kernel_websocket_handler import (
+        VoilaKernelWebsocketHandler,
+        WebsocketHandler,
+    )
+
+    class KernelWebsocketHandler(VoilaKernelWebsocketHandler):  # type: ignore[misc]
+        def on_message(self, message: object) -> Any:
+            if not frame_is_readable(message, self.selected_subprotocol):
+                self.log.warning("closing a kernel websocket: a frame's offsets do not fit in it")
+                self.close(1007, "malformed frame")
+                return None
+            return super().on_message(message)
+
+        def write_message(self, message: object, binary: bool = False) -> Any:
+            header = message.get("header") if isinstance(message, dict) else None
+            if isinstance(message, bytes):
+                header = v1_frame_header(message)
+            if isinstance(header, dict) and header.get("msg_type") == "execute_input":
+                return None
+            # Past Voilà's own check, which would read the frame unbounded.
+            return WebsocketHandler.write_message(self, message, binary)
+
+    class App(voila):  # type: ignore[misc]
+        def init_handlers(self) -> list[Any]:
+            handlers: list[Any] = super().init_handlers()
+            return [
+                (route[0], KernelWebsocketHandler, *route[2:])
+                if route[1] is VoilaKernelWebsocketHandler
+                else route
+                for route in handlers
+            ]
+
+    return App

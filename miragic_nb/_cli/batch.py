@@ -32,6 +32,7 @@ from miragic_nb._core.errors import (
     MissingAPIKeyError,
     UncertainJobError,
 )
+from miragic_nb._core.filenames import write_file_atomically
 from miragic_nb._core.request import FLAGS, GenerationRequest, parse_decimal
 from miragic_nb._engine.batch import Batch, BatchResult, check_budget, requests_of
 from miragic_nb._engine.group import CLI, GroupInterrupted, JobEnd
@@ -145,6 +146,10 @@ def _run(args: argparse.Namespace, client: Client | None) -> int:
         return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).is_symlink():
+        # Appending would write wherever the link points (also refused at open, O_NOFOLLOW).
+        print(f"error: --out: {out / MANIFEST} is a symbolic link; remove it", file=sys.stderr)
+        return 2
     writer = Output(out, items)
     try:
         with batch_progress(plan, stream=sys.stderr, widgets=False) as show:
@@ -383,7 +388,7 @@ class Output:
         if image is not None:
             data = bytes(image.original_bytes)
             name = f"{index:0{self.width}d}-{slug(request.prompt)}.{image_extension(data, None)}"
-            _write_atomically(self.folder / name, data)
+            write_file_atomically(self.folder / name, data)
             entry.update(job_id=image.metadata.get("job_id"), status="completed", file=name)
         else:
             uncertain = isinstance(error, UncertainJobError)
@@ -394,7 +399,7 @@ class Output:
             )
         with self._lock:
             self.entries[index] = entry
-            with (self.folder / MANIFEST).open("a", encoding="utf-8") as manifest:
+            with _append_no_follow(self.folder / MANIFEST) as manifest:
                 manifest.write(json.dumps(entry) + "\n")
 
     def finish(self, result: BatchResult | None) -> None:
@@ -404,13 +409,10 @@ class Output:
             if index not in self.entries:  # its line was cut short by a Ctrl-C
                 self.write(index, end)
         lines = "".join(json.dumps(self.entries[i]) + "\n" for i in sorted(self.entries))
-        _write_atomically(self.folder / MANIFEST, lines.encode())
+        write_file_atomically(self.folder / MANIFEST, lines.encode())
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
+def _append_no_follow(path: Path) -> IO[str]:
+    """``path`` opened for appending; an ``OSError`` if it is a symbolic link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")

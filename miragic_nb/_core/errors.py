@@ -37,6 +37,8 @@ _EXCERPT_CHARS = 160
 #: How much of a body is searched for a title or stripped of tags (the rest is never shown).
 _BODY_SCAN_CHARS = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Half a surrogate pair (JSON may spell one); it has no UTF-8 form, so print() would raise.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 #: Longest server ``errorMessage`` kept for the history and ``JobFailedError.server_message``.
 SERVER_MESSAGE_CHARS = 300
 
@@ -162,7 +164,7 @@ def server_text(text: str, limit: int = _EXCERPT_CHARS) -> str:
     (it is escaped wherever it becomes HTML).
     """
     # Only the head can be shown: never split or scan a megabyte to show 160 characters.
-    head = text[: limit * 4 + 64]
+    head = _SURROGATE.sub("\ufffd", text[: limit * 4 + 64])
     line = " ".join(_CONTROL.sub(" ", head).split())
     if len(line) <= limit and len(head) == len(text):
         return line

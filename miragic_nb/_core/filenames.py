@@ -1,9 +1,14 @@
-"""File names we choose for a job's files, from its id (which the server chose, not us)."""
+"""File names we choose for a job's files, from its id (which the server chose, not us), and
+how the faces write files into folders others may also write to."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import secrets
+from pathlib import Path
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
@@ -25,3 +30,29 @@ def safe_stem(job_id: str) -> str:
 def is_plain_name(name: str) -> bool:
     """A bare file name (no folder, not hidden, not ``..``), safe to join to a folder."""
     return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+#: Create only a new file, and never through a symbolic link.
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, never through a link someone planted in the folder.
+
+    The temporary file beside it has an unpredictable name and is created exclusively
+    (``O_CREAT | O_EXCL | O_NOFOLLOW``: a link of that name makes the open fail, not follow);
+    the rename then replaces whatever entry ``path`` is (a link included) instead of writing
+    through it.
+    """
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+    handle = os.open(partial, _EXCLUSIVE | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise

@@ -37,6 +37,13 @@ MAX_SIDE = 2048
 ImageInput: TypeAlias = (
     "str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | Job | None"
 )
+#: Longest prompt sent. The job record echoes the prompt twice (``prompt`` and
+#: ``parameters.prompt``) and an answer may be at most 1 MiB; JSON can spell one character in
+#: up to 12 bytes (an escaped surrogate pair), so 20,000 characters always leave room to read
+#: the job back. A longer prompt would be paid for and never readable.
+MAX_PROMPT_CHARS = 20_000
+#: Longest ``image_url`` sent: echoed in the record too; signed URLs are a few kB.
+MAX_URL_CHARS = 16_384
 #: Optional switches the API records; sent only when set explicitly (api-contract D3).
 FLAGS = ("enhance", "safe", "private", "nologo")
 
@@ -76,6 +83,7 @@ class GenerationRequest:
             raise InvalidRequestError("prompt must be a non-empty string", field="prompt")
         _check_text("prompt", self.prompt)
         object.__setattr__(self, "prompt", self.prompt.strip())
+        _check_length("prompt", self.prompt, MAX_PROMPT_CHARS)
         if not isinstance(self.model, str) or self.model.strip().lower() not in MODELS:
             raise InvalidRequestError(
                 f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}",
@@ -150,6 +158,16 @@ def _check_text(name: str, text: str) -> None:
         ) from None
 
 
+def _check_length(name: str, text: str, limit: int) -> None:
+    """Refuse text the job record could not echo back in an answer the client can read."""
+    if len(text) > limit:
+        raise InvalidRequestError(
+            f"{name} is {len(text):,} characters; at most {limit:,} can be sent (the job's "
+            "status answer repeats it, and a longer one could not be read back)",
+            field=name,
+        )
+
+
 def _check_side(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and parse_decimal(value) is not None:
@@ -178,6 +196,7 @@ def _check_image_url(url: object, model: str) -> None:
         )
     if isinstance(url, str):
         _check_text("image_url", url)
+        _check_length("image_url", url, MAX_URL_CHARS)
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequestError(

@@ -77,10 +77,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
     else the built-in offline emulator (and the panel says so). Without a client the choice is
     made again at every Generate, so ``%miragic login`` after creating the panel takes effect;
     nothing is started before the first Generate.
+
+    ``save_dir`` confines Save to one folder (the app's): the "Save to" field is switched off
+    and its value never read, since a widget's value is whatever the front end last sent.
     """
 
-    def __init__(self, client: Client | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        settings: Settings | None = None,
+        save_dir: str | Path | None = None,
+    ) -> None:
         self._fixed_client = client
+        self._save_dir = Path(save_dir) if save_dir is not None else None
         self._settings = settings
         self._workers = Workers()
         self._results: list[GeneratedImage] = []
@@ -107,6 +117,9 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self.result_area = SelectedResult()
         self.gallery = Gallery()
         self._name_the_controls()
+        if self._save_dir is not None:
+            self.save_path.disabled = True
+            self.save_path.placeholder = "saved in the panel's save folder"
 
         self.generate_button.on_click(lambda _: self.generate())
         self.cancel_button.on_click(lambda _: self.cancel())
@@ -254,15 +267,20 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
         ``path`` (default: the "Save to" field) may be a file or a folder (one that exists, or
         any path ending in ``/``, created if missing); blank means ``miragic-<job id>.<ext>``
-        in the current directory. The prompt and parameters go into the file itself (a JPEG
-        comment or PNG text chunk, as the history stores them); for a format without a
+        in the current directory (with ``save_dir``: relative to it, and refused if it leads
+        outside; the field is not read). The prompt and parameters go into the file itself (a
+        JPEG comment or PNG text chunk, as the history stores them); for a format without a
         metadata slot they go into a ``.json`` file beside it. Where the file went is said
         beside the Save button that was pressed.
         """
         image = image if image is not None else self._selected
         if image is None:
             raise InvalidRequestError("there is no result to save yet")
-        saved = save_result(image, path if path is not None else self.save_path.value)
+        if self._save_dir is not None:
+            # The field is off in the page, but its value is whatever the browser last sent.
+            saved = save_result(image, path if path is not None else "", folder=self._save_dir)
+        else:
+            saved = save_result(image, path if path is not None else self.save_path.value)
         self._save_message_of(image).value = styled(
             OK_STYLE,
             f"Saved {html.escape(saved.shown)} "

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miragic_nb._core.filenames import safe_stem
+from miragic_nb._core.errors import InvalidRequestError
+from miragic_nb._core.filenames import safe_stem, write_file_atomically
 
 if TYPE_CHECKING:
     from miragic_nb._core.images import GeneratedImage
@@ -30,25 +31,54 @@ class Saved:
     metadata_where: str
 
 
-def save_result(image: GeneratedImage, given: str | Path) -> Saved:
+def save_result(image: GeneratedImage, given: str | Path, *, folder: Path | None = None) -> Saved:
     """Write ``image`` to ``given`` (a file, a folder, or blank for the default name); a
-    folder that does not exist yet (``some/folder/``) is created, and ``shown`` says so."""
-    target = save_path(image, given)
-    # A blank "Save to" names the file alone: a page served to others (the app) must not
-    # show them the server's folders.
-    shown = str(target) if str(given).strip() else f"{target.name} in the current folder"
-    if not target.parent.exists():
-        shown += f", in the new folder {target.parent}"
+    folder that does not exist yet (``some/folder/``) is created, and ``shown`` says so.
+
+    With ``folder`` (a panel whose saves are confined, as the app's), ``given`` is taken
+    relative to it and must stay inside it; what is shown names the file only.
+    """
+    if folder is None:
+        target = save_path(image, given)
+        # A blank "Save to" names the file alone: a page served to others (the app) must not
+        # show them the server's folders.
+        shown = str(target) if str(given).strip() else f"{target.name} in the current folder"
+        if not target.parent.exists():
+            shown += f", in the new folder {target.parent}"
+    else:
+        target = confined_save_path(image, given, folder)
+        shown = f"{target.relative_to(folder.resolve())} in the save folder"
     meta = file_metadata(image)
     data, embedded = _with_metadata(image.original_bytes, meta)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    # Never through a link planted in the folder under the file's name (or its temporary's).
+    write_file_atomically(target, data)
     where = "embedded in the file"
     if not embedded:
         sidecar = target.with_name(target.name + ".json")
-        sidecar.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+        write_file_atomically(sidecar, text.encode("utf-8"))
         where = f"in {sidecar.name}"
     return Saved(target, shown, where)
+
+
+def confined_save_path(image: GeneratedImage, given: str | Path, folder: Path) -> Path:
+    """The file ``given`` names inside ``folder``; an ``InvalidRequestError`` if it leaves it.
+
+    Decided here, in the kernel: a widget's value may come from whoever can reach the page,
+    whatever the page shows (a disabled field included). Links in the folders on the way are
+    followed before the check, so a linked folder cannot lead outside either.
+    """
+    root = folder.resolve()
+    text = str(given).strip()
+    # An absolute path joined to the folder stays absolute, and is refused below.
+    target = save_path(image, root / text) if text else root / save_path(image, "").name
+    parent = target.parent.resolve()
+    if not (parent == root or parent.is_relative_to(root)) or target.name in ("", ".", ".."):
+        raise InvalidRequestError(
+            f"the file must be inside the save folder; {text!r} is not", field="save_path"
+        )
+    return parent / target.name
 
 
 def save_path(image: GeneratedImage, given: str | Path) -> Path:

@@ -242,6 +242,10 @@ _PAINTERS = {
 # ---------------------------------------------------------------- text (full size)
 
 
+#: More than 6 lines of the widest image hold; the rest of a prompt is never laid out.
+_SHOWN_CHARS = 1_000
+
+
 @lru_cache(maxsize=64)
 def _font(size: int) -> _Font:
     return ImageFont.load_default(size=size)
@@ -271,7 +275,9 @@ def _caption(
         draw.text((pad, pad + small + pad // 2), detail, font=label_font, fill=white)
 
     max_lines = max(2, min(6, (height // 3) // (size + size // 3)))
-    lines = _wrap(prompt.strip() or " ", font, width - 4 * pad, max_lines, draw)
+    # At most 6 lines are drawn: laying out more text (a 200 kB word) only costs time.
+    shown = prompt.strip()[:_SHOWN_CHARS]
+    lines = _wrap(shown or " ", font, width - 4 * pad, max_lines, draw)
     line_h = size + size // 3
     block_h = line_h * len(lines) + pad * 2
     top = height - block_h - pad

@@ -60,5 +60,32 @@ def test_the_app_notebook_is_one_panel_cell_saving_into_the_folder(tmp_path: Pat
     nbformat.validate(notebook)
     (cell,) = notebook.cells
     assert f"os.chdir({str(tmp_path / 'saves')!r})" in cell.source
-    assert "panel.save_path.disabled = True" in cell.source
+    assert f"Panel(save_dir={str(tmp_path / 'saves')!r})" in cell.source
     compile(cell.source, "app-cell", "exec")
+
+
+def test_the_app_cell_saves_in_its_folder_whatever_the_page_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from miragic_nb.images import GeneratedImage
+    from PIL import Image
+
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    monkeypatch.chdir(tmp_path)  # the cell moves to the save folder; this moves back after
+    namespace: dict[str, object] = {}
+    exec(compile(app.panel_source(saves), "app-cell", "exec"), namespace)
+    panel = namespace["panel"]
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    try:
+        panel._selected = GeneratedImage.from_bytes(buffer.getvalue(), {"job_id": "job-7"})  # type: ignore[attr-defined]
+        # What a widget message from the browser does to the (disabled) field.
+        panel.save_path.set_state({"value": str(tmp_path / "elsewhere.jpg")})  # type: ignore[attr-defined]
+        panel.save_button.click()  # type: ignore[attr-defined]
+    finally:
+        panel.close()  # type: ignore[attr-defined]
+    assert not (tmp_path / "elsewhere.jpg").exists()
+    assert [p.name for p in saves.iterdir()] == ["miragic-job-7.jpg"]

@@ -292,3 +292,56 @@ def test_unseeded_prompts_into_a_new_folder_make_new_pictures_and_seeded_ones_ar
     # The same file into the same folder again resumes the batch: nothing sent.
     assert main(["batch", str(source), "--out", str(tmp_path / "second"), *small]) == 0
     assert keyed.count("POST", CREATE) == 3
+
+
+def test_links_planted_in_the_out_folder_are_never_written_through(
+    keyed: Emulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("A red fox\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {
+        name: tmp_path / f"victim-{n}"
+        for n, name in enumerate(
+            ["0000-a-red-fox.jpg.partial", "0000-a-red-fox.jpg", "manifest.jsonl.partial"]
+        )
+    }
+    for name, victim in victims.items():
+        victim.write_text("keep me")
+        (out / name).symlink_to(victim)
+    assert main(["batch", str(source), "--out", str(out), "--size", "256x256"]) == 0
+    for victim in victims.values():
+        assert victim.read_text() == "keep me"
+    image = out / "0000-a-red-fox.jpg"
+    assert not image.is_symlink()
+    assert image.read_bytes()[:2] == b"\xff\xd8"
+    assert [e["status"] for e in _manifest(out)] == ["completed"]
+    assert not list(out.glob(".*.partial"))
+
+
+def test_a_manifest_that_is_a_link_is_refused_before_anything_is_sent(
+    keyed: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("A red fox\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (out / "manifest.jsonl").symlink_to(victim)
+    assert main(["batch", str(source), "--out", str(out)]) == 2
+    assert "manifest.jsonl is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "keep me"
+    assert keyed.count("POST", CREATE) == 0
+
+
+def test_the_manifest_is_never_appended_through_a_link(tmp_path: Path) -> None:
+    from miragic_nb._cli.batch import _append_no_follow
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "manifest.jsonl").symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        _append_no_follow(tmp_path / "manifest.jsonl")
+    assert victim.read_text() == "keep me"

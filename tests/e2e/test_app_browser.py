@@ -45,6 +45,8 @@ class RunningApp:
     url: str
     printed: str
     save_dir: Path
+    #: The server's process (``python -m miragic_nb app``); Voilà's kernels are its children.
+    process: subprocess.Popen[bytes]
 
 
 @contextmanager
@@ -84,7 +86,7 @@ def _wait_until_served(process: subprocess.Popen[bytes], log: Path, save_dir: Pa
                 except requests.ConnectionError:
                     pass
                 else:
-                    return RunningApp(found.group(1), printed, save_dir)
+                    return RunningApp(found.group(1), printed, save_dir, process)
             time.sleep(0.3)
     pytest.fail(f"the app did not serve within {START_S:g}s:\n{log.read_text()[-3000:]}")
 

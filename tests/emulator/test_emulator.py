@@ -646,3 +646,22 @@ def test_reference_image_to_image_example_is_refused_per_the_contract(emu: Emula
         "success": False,
         "message": "image_url is only available when model is 'kontext' (got model 'flux')",
     }
+
+
+def test_a_huge_one_word_prompt_lays_out_a_bounded_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageDraw
+
+    from miragic_nb.emulator import render
+
+    measured: list[int] = []
+    original = ImageDraw.ImageDraw.textlength
+
+    def counting(self: ImageDraw.ImageDraw, text: str, *args: object, **kwargs: object) -> float:
+        measured.append(len(text))
+        return original(self, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "textlength", counting)
+    image = render.Image.new("RGB", (512, 512))
+    render._caption(image, "w" * 200_000, "flux · seed 1", nologo=True)
+    # The work per job: characters measured, whatever the prompt's length.
+    assert sum(measured) < 500_000  # the 200,000-character word alone, measured once, is 200,000

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from miragic_nb import session as builtin
+from miragic_nb._core.errors import InvalidRequestError
 from miragic_nb._core.images import GeneratedImage
 from miragic_nb._panel.panel import Panel
 from miragic_nb._store.history import read_embedded_metadata
@@ -332,3 +333,66 @@ def test_a_blank_save_path_shows_the_file_name_not_the_servers_folders(
     assert saved.parent == work
     assert f"Saved {saved.name} in the current folder" in panel.save_message.value
     assert "private-folder-name" not in panel.save_message.value
+
+    assert f"Saved {saved.name} in the current folder" in panel.save_message.value
+    assert "private-folder-name" not in panel.save_message.value
+
+
+def _jpeg_result(job_id: str = "job-1") -> GeneratedImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "JPEG")
+    return GeneratedImage.from_bytes(buffer.getvalue(), {"job_id": job_id, "prompt": "p"})
+
+
+@pytest.mark.parametrize("sent", ["/tmp/elsewhere/x.jpg", "../outside.jpg", "sub/../../out.jpg"])
+def test_a_confined_save_ignores_the_value_the_browser_sent(
+    client: Client, tmp_path: Path, sent: str
+) -> None:
+    # The app's panel: its "Save to" is off in the page, but the kernel takes whatever value
+    # the front end sends, exactly as this update from a comm message does.
+    saves = tmp_path / "outer" / "saves"
+    saves.mkdir(parents=True)
+    panel = Panel(client, save_dir=saves)
+    try:
+        assert panel.save_path.disabled
+        panel.save_path.set_state({"value": str(tmp_path / "outer" / sent.lstrip("/"))})
+        panel._selected = _jpeg_result()
+        panel.save_button.click()
+        assert "✗" not in panel.save_message.value, panel.save_message.value
+        assert [p.name for p in (tmp_path / "outer").rglob("*")] == ["saves", "miragic-job-1.jpg"]
+        assert "Saved miragic-job-1.jpg in the save folder" in panel.save_message.value
+        assert str(saves) not in panel.save_message.value
+    finally:
+        panel.close()
+
+
+@pytest.mark.parametrize("given", ["/etc/x.jpg", "../out.jpg", "link/out.jpg"])
+def test_a_confined_save_refuses_a_path_that_leaves_the_folder(
+    client: Client, tmp_path: Path, given: str
+) -> None:
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    (saves / "link").symlink_to(tmp_path)  # a folder link leading out
+    panel = Panel(client, save_dir=saves)
+    try:
+        with pytest.raises(InvalidRequestError, match="must be inside the save folder"):
+            panel.save(_jpeg_result(), path=given)
+        assert sorted(p.name for p in tmp_path.rglob("*.jpg")) == []
+        assert panel.save(_jpeg_result(), path="sub/kept") == saves.resolve() / "sub" / "kept.jpg"
+    finally:
+        panel.close()
+
+
+def test_save_replaces_a_planted_link_instead_of_writing_through_it(
+    panel: Panel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (work / "miragic-job-1.jpg").symlink_to(victim)
+    monkeypatch.chdir(work)
+    saved = panel.save(_jpeg_result(), path="")
+    assert victim.read_text() == "keep me"
+    assert not saved.is_symlink()
+    assert saved.read_bytes()[:2] == b"\xff\xd8"

@@ -262,7 +262,8 @@ def test_a_lone_surrogate_in_a_server_error_keeps_the_job_failed_error(
     assert record is not None
     assert record.status == FAILED
     assert record.error_message is not None
-    assert "refused \\ud800 here" in record.error_message
+    # Made printable where it entered (server_text): the half pair is U+FFFD.
+    assert "refused \ufffd here" in record.error_message
 
 
 def test_credentials_in_urls_are_never_stored(store: History) -> None:
@@ -383,3 +384,11 @@ def test_usage_counts_credits_jobs_failures_and_reuses(store: History) -> None:
     assert store.usage(since=datetime.now(timezone.utc) + timedelta(minutes=1)) == []
     with pytest.raises(MiragicError, match="by must be"):
         store.usage(by="week")  # type: ignore[arg-type]
+
+
+def test_server_text_with_a_lone_surrogate_becomes_printable() -> None:
+    from miragic_nb._core.errors import server_text
+
+    shown = server_text("refused \ud800 here")
+    assert shown == "refused \ufffd here"
+    shown.encode("utf-8")  # what print() does in a UTF-8 terminal; raised before

@@ -69,8 +69,9 @@ def test_the_app_cell_saves_in_its_folder_whatever_the_page_sends(
 ) -> None:
     import io
 
-    from miragic_nb.images import GeneratedImage
     from PIL import Image
+
+    from miragic_nb._core.images import GeneratedImage
 
     saves = tmp_path / "saves"
     saves.mkdir()

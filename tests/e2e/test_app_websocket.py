@@ -24,7 +24,7 @@ import requests
 import websocket
 
 from miragic_nb._cli.app import V1_PROTOCOL
-from tests.test_app_browser import RunningApp, app_environment, running_app
+from tests.e2e.test_app_browser import RunningApp, app_environment, running_app
 
 pytestmark = pytest.mark.timeout(300)
 

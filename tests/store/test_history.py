@@ -25,7 +25,7 @@ from PIL import Image
 import miragic_nb
 from miragic_nb._core.images import GeneratedImage
 from miragic_nb._core.jobs import Job
-from miragic_nb._core.request import GenerationRequest
+from miragic_nb._core.request import MAX_PROMPT_CHARS, GenerationRequest
 from miragic_nb._core.result_info import ResultInfo
 from miragic_nb._core.states import CANCELLED, COMPLETED, FAILED, PENDING, TIMEOUT
 from miragic_nb._store.history import (
@@ -676,7 +676,9 @@ def test_jpeg_comment_goes_after_the_app_segments() -> None:
 
 
 def test_an_enormous_prompt_is_shortened_to_fit_one_jpeg_comment(store: History) -> None:
-    prompt = "a very long prompt ☼ " * 5000
+    # Within the prompt limit in characters, yet past one comment segment (64 KiB) in UTF-8.
+    prompt = "🌊🌊🌊🌊🌊🌊🌊🌊🌊 " * 1900
+    assert len(prompt) <= MAX_PROMPT_CHARS < len(prompt.encode())
     saved = complete(store, "job-long", GenerationRequest(prompt, seed=1))
     assert saved.path is not None
     with Image.open(saved.path) as opened:

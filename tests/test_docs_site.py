@@ -13,6 +13,8 @@ import pytest
 import miragic_nb
 
 ROOT = Path(__file__).resolve().parent.parent
+# mkdocs and its plugins come with the dev install, not with the oldest-versions run.
+pytestmark = pytest.mark.devtools
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,16 @@ def magic_script(tmp_path: Path, line: str, prompt: str) -> Path:
 
 
 def ipython(script: Path) -> list[str]:
-    return [sys.executable, "-m", "IPython", "--no-banner", "--colors=NoColor", str(script)]
+    # term_title off: older IPython releases set the terminal's title even on a pipe.
+    return [
+        sys.executable,
+        "-m",
+        "IPython",
+        "--no-banner",
+        "--colors=NoColor",
+        "--TerminalInteractiveShell.term_title=False",
+        str(script),
+    ]
 
 
 def test_terminal_ipython_redraws_several_jobs_in_place(

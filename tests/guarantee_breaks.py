@@ -398,7 +398,14 @@ def escape_does_nothing(mp: pytest.MonkeyPatch) -> None:
 def job_id_not_written_at_create(mp: pytest.MonkeyPatch) -> None:
     """the job id is not written when the create call returns"""
     history = _module("miragic_nb._store.history")
+    record = history.History.record
+
+    def without_created(self: Any, write: Any, *, wait: float = 0.0) -> None:
+        if write.kind != "created":
+            record(self, write, wait=wait)
+
     mp.setattr(history.History, "record_created", lambda self, *args, **kwargs: None)
+    mp.setattr(history.History, "record", without_created)
 
 
 def write_without_the_lock(mp: pytest.MonkeyPatch) -> None:
@@ -599,6 +606,43 @@ def link_local_fetched(mp: pytest.MonkeyPatch) -> None:
         _everywhere(mp, "miragic_nb._api.transport", "result_fetch", contextlib.nullcontext)
 
 
+# -- stops are quiet -------------------------------------------------------------------------
+
+
+def stopped_jobs_called_failed(mp: pytest.MonkeyPatch) -> None:
+    """a stop's summary counts the jobs it stopped as failed"""
+    group = _module("miragic_nb._engine.group")
+    states = _module("miragic_nb._core.states")
+    count = group.Summary.count
+    stops = (states.JobState.INTERRUPTED, states.JobState.NEVER_SENT)
+
+    def with_stops(self: Any, state: Any) -> int:
+        if state is states.JobState.FAILED:
+            return int(count(self, state)) + sum(count(self, stop) for stop in stops)
+        return int(count(self, state))
+
+    mp.setattr(group.Summary, "count", with_stops)
+
+
+def stop_says_nothing_of_resuming(mp: pytest.MonkeyPatch) -> None:
+    """a stop prints its head line only: no resume command, no rerun hint"""
+    group = _module("miragic_nb._engine.group")
+    stop_lines = group.Summary.stop_lines
+    mp.setattr(group.Summary, "stop_lines", lambda self, face: stop_lines(self, face)[:1])
+
+
+def stop_shows_its_traceback(mp: pytest.MonkeyPatch) -> None:
+    """short_errors defaults to off, so a stop ends in a traceback"""
+    magic = _module("miragic_nb._magic.magic")
+    init = magic.Miragic.__init__
+
+    def traceback_on(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.short_errors = False
+
+    mp.setattr(magic.Miragic, "__init__", traceback_on)
+
+
 BREAKS: dict[str, tuple[Break, ...]] = {
     "one-job-per-generation": (create_retried_like_a_read, lost_create_said_never_sent),
     "the-job-id-survives-every-failure-after-creation": (
@@ -627,6 +671,11 @@ BREAKS: dict[str, tuple[Break, ...]] = {
         cancel_not_checked_between_downloads,
     ),
     "an-interrupted-magic-never-holds-the-interpreter-s-exit": (workers_hold_the_exit,),
+    "stops-are-quiet-and-say-how-each-job-ended": (
+        stopped_jobs_called_failed,
+        stop_says_nothing_of_resuming,
+        stop_shows_its_traceback,
+    ),
     "a-malformed-key-is-refused-where-it-enters": (malformed_key_accepted,),
     "nothing-that-holds-the-key-can-be-pickled": (key_holders_pickle,),
     "bad-input-is-refused-before-any-request": (request_fields_unchecked,),

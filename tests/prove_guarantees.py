@@ -30,7 +30,8 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,6 +240,22 @@ def run_pytest(
     return Outcome(done.returncode, passed, failed, errors, seconds, done.stdout + done.stderr)
 
 
+def judge(row: Row, brk: Callable[..., None], run: Outcome) -> None:
+    """Print how the run of ``row``'s tests under ``brk`` went; note a break that proved nothing."""
+    what = f"{row.key}/{brk.__name__}"
+    if run.failed:
+        print(f"  red      {what}: {run.failed[0]} ({run.seconds:.0f}s)", flush=True)
+    elif run.returncode in (0, 1) and not run.errors:
+        print(f"  GREEN    {what} ({run.seconds:.0f}s)", flush=True)
+        row.problems.append(f"its break {brk.__name__} ({brk.__doc__}) leaves its tests green")
+    else:
+        print(f"  ERROR    {what} ({run.seconds:.0f}s)", flush=True)
+        row.problems.append(
+            f"the run under {brk.__name__} ended without a failing test "
+            f"(exit {run.returncode}, errors in {run.errors[:2]}):\n{run.output[-1500:]}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.prove_guarantees", description=__doc__.split("\n\n")[0]
@@ -250,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--skip-clean", action="store_true", help="only the break runs (the suite just passed)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="break runs at once, each its own pytest process"
     )
     args = parser.parse_args(argv)
 
@@ -299,25 +319,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         if row.key in EXEMPT:
             print(f"  exempt   {row.key}: {EXEMPT[row.key]}")
-            continue
-        if not row.test_ids:
-            continue
-        for brk in BREAKS.get(row.key, ()):
-            what = f"{row.key}/{brk.__name__}"
-            run = run_pytest(row.test_ids, extra=BREAK_FLAGS, broken=env_value(row.key, brk))
-            if run.failed:
-                print(f"  red      {what}: {run.failed[0]} ({run.seconds:.0f}s)", flush=True)
-            elif run.returncode in (0, 1) and not run.errors:
-                print(f"  GREEN    {what} ({run.seconds:.0f}s)", flush=True)
-                row.problems.append(
-                    f"its break {brk.__name__} ({brk.__doc__}) leaves its tests green"
-                )
-            else:
-                print(f"  ERROR    {what} ({run.seconds:.0f}s)", flush=True)
-                row.problems.append(
-                    f"the run under {brk.__name__} ended without a failing test "
-                    f"(exit {run.returncode}, errors in {run.errors[:2]}):\n{run.output[-1500:]}"
-                )
+    runs = [
+        (row, brk)
+        for row in rows
+        if row.key not in EXEMPT and row.test_ids
+        for brk in BREAKS.get(row.key, ())
+    ]
+    # Each break runs in its own pytest process; --jobs of them at once.
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {
+            pool.submit(
+                run_pytest, row.test_ids, extra=BREAK_FLAGS, broken=env_value(row.key, brk)
+            ): (row, brk)
+            for row, brk in runs
+        }
+        for future in as_completed(futures):
+            row, brk = futures[future]
+            judge(row, brk, future.result())
     unproven = [row for row in rows if row.problems]
     for row in unproven:
         print(f"NOT PROVEN: {row.key}")

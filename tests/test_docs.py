@@ -221,3 +221,25 @@ def test_every_module_the_architecture_names_exists() -> None:
     assert len(named) > 30
     missing = sorted(name for name in named if not (package / name).is_file())
     assert missing == []
+
+
+#: Paths in the docs that name a user's own files in an example, not files of this repository.
+USER_EXAMPLE_PATHS = {"tests/test_thumbnails.py", "notebooks/NAME.ipynb"}
+
+
+def test_every_repository_file_the_docs_name_exists() -> None:
+    """A file of the repository named in the README, CONTRIBUTING or ``docs/`` (a test file,
+    a script, a benchmark, a notebook) exists where the text says, so a command copied from
+    the docs runs."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    path = re.compile(
+        r"(?<![\w/.-])(?:tests|miragic_nb|benchmarks|scripts|notebooks)/[\w/.-]+\.(?:py|sh|ipynb)"
+    )
+    named = {(page.name, m.group(0)) for page in pages for m in path.finditer(page.read_text())}
+    assert len(named) > 40
+    missing = sorted(
+        f"{page}: {name}"
+        for page, name in named
+        if name not in USER_EXAMPLE_PATHS and not (ROOT / name).exists()
+    )
+    assert missing == []

@@ -221,6 +221,13 @@ def test_every_module_the_architecture_names_exists() -> None:
     assert len(named) > 30
     missing = sorted(name for name in named if not (package / name).is_file())
     assert missing == []
+    # And the other way: every module of a layer is named, so a new one is placed on the map.
+    modules = {
+        path.relative_to(package).as_posix()
+        for path in package.glob("_*/*.py")
+        if path.name != "__init__.py"
+    }
+    assert sorted(modules - named) == []
 
 
 #: Paths in the docs that name a user's own files in an example, not files of this repository.

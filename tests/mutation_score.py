@@ -56,7 +56,6 @@ GUARANTEED = {
         "BoundedRetry.get_backoff_time",
         "BoundedRetry.is_exhausted",
         "CreateRetry.is_retry",
-        "caller_paces_creates",
         "create_retry",
         "HeaderSecret.__repr__",
         "ApiKeyAuth.__init__",
@@ -87,14 +86,15 @@ GUARANTEED = {
 }
 #: The test files that cover them (no kernels, no browser: a mutant lives in one process).
 TESTS = (
-    "tests/test_images.py",
-    "tests/test_config.py",
-    "tests/test_key_checks.py",
-    "tests/test_secrets.py",
-    "tests/test_faults.py",
-    "tests/test_hostile_client.py",
-    "tests/test_client.py",
-    "tests/test_guarantee_edges.py",
+    "tests/core/test_images.py",
+    "tests/core/test_config.py",
+    "tests/api/test_key_checks.py",
+    "tests/api/test_secrets.py",
+    "tests/api/test_faults.py",
+    "tests/api/test_hostile_client.py",
+    "tests/api/test_client.py",
+    "tests/api/test_guarantee_edges.py",
+    "tests/api/test_download_guarantees.py",
 )
 #: Left out: tests that only start other processes (kernels, notebooks), which a mutant never
 #: reaches; and tests that read every frame's locals for the key, which mutmut's trampolines
@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     modules = [m for m in (args.module or MODULES) if (ROOT / m).exists()]
-    tests = [t for t in (args.tests or TESTS) if (ROOT / t).exists()]
+    tests = list(args.tests or TESTS)
+    missing = [t for t in tests if not (ROOT / t).is_file()]
+    if missing:
+        raise SystemExit(f"no such test file: {', '.join(missing)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="miragic-mutmut-"))
     earlier: dict[str, dict[str, int | None]] = {}
     if args.rerun_survivors:
@@ -191,12 +194,28 @@ def fence_off(path: Path, kept: set[str] | None) -> None:
                 starts.append(node.lineno)
 
     visit(ast.parse(source).body, "")
+    defined = _defined(ast.parse(source).body, "")
+    if kept - defined:
+        raise SystemExit(
+            f"{path.name} defines no {', '.join(sorted(kept - defined))}: update GUARANTEED"
+        )
     colons = _header_colons(source)
     lines = source.splitlines(keepends=True)
     for start in starts:
         end = colons[start]
         lines[end - 1] = lines[end - 1].rstrip("\n") + "  # pragma: no mutate block\n"
     path.write_text("".join(lines), encoding="utf-8")
+
+
+def _defined(body: list[ast.stmt], prefix: str) -> set[str]:
+    """Every function and method of ``body``, by qualified name (``Class.method``)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            names |= _defined(node.body, f"{prefix}{node.name}.")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(f"{prefix}{node.name}")
+    return names
 
 
 def _header_colons(source: str) -> dict[int, int]:

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,13 @@ class Frontend:
     def execute(self, code: str, *, answer: str | None = None) -> list[dict[str, Any]]:
         """Run ``code``, typing ``answer`` if the kernel asks; return its iopub messages."""
         msg_id = self.client.execute(code, allow_stdin=True)
+        messages: list[dict[str, Any]] = []
         if answer is not None:
-            request = self.client.get_stdin_msg(timeout=60)
+            request = self._input_request(msg_id, messages)
             assert request["msg_type"] == "input_request"
             assert request["parent_header"]["msg_id"] == msg_id
             self.input_requests.append(request["content"])
             self.client.input(answer)
-        messages: list[dict[str, Any]] = []
         while True:
             try:
                 message = self.client.get_iopub_msg(timeout=60)
@@ -84,6 +85,30 @@ class Frontend:
             if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
                 return messages
             messages.append(message)
+
+    def _input_request(self, msg_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The kernel's request for input, while its output is read too: a cell that ends or
+        fails without asking says so with what it printed, instead of a silent timeout."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                request: dict[str, Any] = self.client.get_stdin_msg(timeout=0.2)
+                return request
+            except queue.Empty:
+                pass
+            while True:
+                try:
+                    message = self.client.get_iopub_msg(timeout=0)
+                except queue.Empty:
+                    break
+                self.published.append(message)
+                if message["parent_header"].get("msg_id") != msg_id:
+                    continue
+                idle = message["msg_type"] == "status"
+                if idle and message["content"]["execution_state"] == "idle":
+                    raise AssertionError(f"the cell ended without asking for input: {messages}")
+                messages.append(message)
+        raise AssertionError(f"no input request for 60s; the cell published {messages}")
 
 
 def of_type(messages: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:

@@ -32,6 +32,27 @@ STATUS = "/api/v1/image/jobs/"
 _PROMPT = re.compile(rb'name="prompt"\r\n\r\n(.*?)\r\n--', re.S)
 
 
+class PlainHandler(BaseHTTPRequestHandler):
+    """What every hand-written server's handler needs: answer with a body, log nothing."""
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, "application/json", json.dumps(body).encode(), headers)
+
+    def _send(
+        self, status: int, kind: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Shape:
     """How a server limits creates."""
@@ -114,7 +135,7 @@ def limited_api(shape: Shape, *, job_seconds: float = 1.0) -> Iterator[tuple[str
     """Serve a ``LimitedApi`` of ``shape`` on a free loopback port: (base URL, state)."""
     state = LimitedApi(shape, job_seconds)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(PlainHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
@@ -151,23 +172,6 @@ def limited_api(shape: Shape, *, job_seconds: float = 1.0) -> Iterator[tuple[str
                 data["status"] = "COMPLETED"
                 data["processedImageUrl"] = f"http://127.0.0.1:{port}/files/{job_id}.png"
             self._json(200, {"success": True, "data": data})
-
-        def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(status, "application/json", json.dumps(body).encode(), headers)
-
-        def _send(
-            self, status: int, kind: str, data: bytes, headers: dict[str, str] | None = None
-        ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

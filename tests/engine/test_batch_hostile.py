@@ -6,20 +6,18 @@ lost answer is reported as uncertain, never repaid by a rerun."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
+from benchmarks.standard_server import PlainHandler
 from miragic_nb._core.errors import APIConnectionError
 from miragic_nb._engine.batch import BatchResult, Plan
 from miragic_nb._store.history import History
@@ -62,7 +60,7 @@ class Limited:
 def limited() -> Iterator[tuple[str, Limited]]:
     state = Limited(rate=20, burst=2)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(PlainHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             wait = state.admit()
@@ -88,23 +86,6 @@ def limited() -> Iterator[tuple[str, Limited]]:
             url = f"http://127.0.0.1:{self.server.server_address[1]}/files/{job_id}.png"
             data = {"jobId": job_id, "status": "COMPLETED", "processedImageUrl": url}
             self._json(200, {"success": True, "data": data})
-
-        def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(status, "application/json", json.dumps(body).encode(), headers)
-
-        def _send(
-            self, status: int, kind: str, data: bytes, headers: dict[str, str] | None = None
-        ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
     with serving(Handler) as url:
         yield url, state
